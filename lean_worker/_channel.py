@@ -1,0 +1,243 @@
+"""The parent's end of the protocol pipes: read frames with a deadline, write frames.
+
+Two implementations behind one interface:
+
+- On asyncio the read end is registered once with ``loop.add_reader`` and a callback
+  fills the frame buffer; a request waits on a plain future. Measured on the development
+  machine (2 cores, Python 3.11, 2026-11-22), a no-op round trip costs ~22 us this way
+  against ~39 us with ``anyio.wait_readable`` per wait (raw blocking pipe: ~13 us).
+  Reading pauses while more than ``HIGH_WATER`` bytes are buffered, so a slow consumer
+  stops reading and the child blocks on its write: backpressure, bounded memory.
+- Elsewhere (trio) a request waits with ``anyio.wait_readable`` inside a cancel scope.
+
+Either way a watcher can ``interrupt`` a waiting request (the child died); the channel then
+reads whatever the child wrote before dying, so a response sent just before an exit is
+still delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from typing import Any
+
+import anyio
+
+from lean_worker_protocol import ChildFrame, FrameReader
+
+_READ_CHUNK = 64 * 1024
+HIGH_WATER = 1024 * 1024
+
+
+class ChannelTimeout(Exception):
+    """The deadline passed while waiting for the child."""
+
+
+class ChannelInterrupted(Exception):
+    """A watcher interrupted the wait (the child has exited)."""
+
+
+class ChannelEOF(Exception):
+    """The child closed its end of the protocol pipe."""
+
+
+class Channel:
+    def __init__(self, read_fd: int, write_fd: int, max_frame_bytes: int) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self.reader = FrameReader(ChildFrame, max_frame_bytes)
+        self.eof = False
+        self.interrupted = False
+        self.closed = False
+
+    # -- writing -----------------------------------------------------------------------------
+    async def send(self, data: bytes | bytearray, deadline: float) -> None:
+        """Write a whole frame; waits (up to ``deadline``) only when the pipe is full."""
+        view = memoryview(data)
+        while view:
+            if self.interrupted:
+                raise ChannelInterrupted()
+            try:
+                written = os.write(self.write_fd, view)
+            except BlockingIOError:
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    await anyio.wait_writable(self.write_fd)
+                if scope.cancelled_caught:
+                    raise ChannelTimeout() from None
+                continue
+            except BrokenPipeError:
+                raise ChannelEOF() from None
+            view = view[written:]
+
+    def send_nowait(self, data: bytes | bytearray) -> bool:
+        """Best-effort write of a small control frame; False if it could not be written whole."""
+        try:
+            return os.write(self.write_fd, data) == len(data)
+        except OSError:
+            return False
+
+    # -- reading -----------------------------------------------------------------------------
+    def _read_available(self) -> None:
+        """Read everything the child has written so far (used once it has exited)."""
+        while not self.eof:
+            try:
+                data = os.read(self.read_fd, _READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.eof = True
+                return
+            self.reader.feed(data)
+
+    def poll(self) -> Any | None:
+        """The next buffered frame, without waiting."""
+        return self.reader.next()
+
+    async def recv(self, deadline: float) -> Any:
+        raise NotImplementedError
+
+    def interrupt(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class AsyncioChannel(Channel):
+    def __init__(self, read_fd: int, write_fd: int, max_frame_bytes: int) -> None:
+        super().__init__(read_fd, write_fd, max_frame_bytes)
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading = False
+        self.on_unsolicited: Any = None
+        self.idle = True
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self._reading and not self.eof and not self.closed:
+            self._loop.add_reader(self.read_fd, self._on_readable)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self.read_fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.read_fd, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.reader.feed(data)
+            if self.reader.buffered > HIGH_WATER:
+                self._pause()
+            if self.idle and self.on_unsolicited is not None:
+                self.on_unsolicited()
+        else:
+            self.eof = True
+            self._pause()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def recv(self, deadline: float) -> Any:
+        reader = self.reader
+        while True:
+            frame = reader.next()
+            if frame is not None:
+                if not self._reading and reader.buffered <= HIGH_WATER:
+                    self._resume()
+                return frame
+            self._resume()
+            if self.interrupted:
+                self._read_available()
+                frame = reader.next()
+                if frame is not None:
+                    return frame
+                raise ChannelInterrupted()
+            if self.eof:
+                raise ChannelEOF()
+            loop = self._loop
+            if loop.time() >= deadline:
+                raise ChannelTimeout()
+            waiter = self._waiter = loop.create_future()
+            timer = None if math.isinf(deadline) else loop.call_at(deadline, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        self._pause()
+        super().close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class GenericChannel(Channel):
+    def __init__(self, read_fd: int, write_fd: int, max_frame_bytes: int) -> None:
+        super().__init__(read_fd, write_fd, max_frame_bytes)
+        self._scope: anyio.CancelScope | None = None
+        self.on_unsolicited: Any = None
+        self.idle = True
+
+    async def recv(self, deadline: float) -> Any:
+        reader = self.reader
+        while True:
+            frame = reader.next()
+            if frame is not None:
+                return frame
+            if self.interrupted:
+                self._read_available()
+                frame = reader.next()
+                if frame is not None:
+                    return frame
+                raise ChannelInterrupted()
+            if self.eof:
+                raise ChannelEOF()
+            try:
+                data = os.read(self.read_fd, _READ_CHUNK)
+            except BlockingIOError:
+                if anyio.current_time() >= deadline:
+                    raise ChannelTimeout() from None
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    self._scope = scope
+                    await anyio.wait_readable(self.read_fd)
+                self._scope = None
+                continue
+            except OSError:
+                data = b""
+            if data:
+                reader.feed(data)
+            else:
+                self.eof = True
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+def open_channel(read_fd: int, write_fd: int, max_frame_bytes: int) -> Channel:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return GenericChannel(read_fd, write_fd, max_frame_bytes)
+    return AsyncioChannel(read_fd, write_fd, max_frame_bytes)

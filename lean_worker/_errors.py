@@ -1,0 +1,235 @@
+"""Errors raised by lean-worker. Catch ``WorkerError`` for all of them.
+
+    WorkerError                          worker.error
+    ├── WorkerClosed                     worker.closed
+    ├── StartupError                     worker.startup.failed
+    │   ├── StartupTimeout               worker.startup.timeout
+    │   └── HandshakeError               worker.startup.handshake_failed
+    ├── RestartLimitExceeded             worker.restart_limit
+    └── RequestError                     (one request failed; the worker lives on)
+        ├── RequestTooLarge              worker.request_too_large      nothing was sent
+        ├── SchemaMismatch               worker.schema_mismatch        nothing was sent
+        ├── RemoteError                  worker.handler_error          the handler raised
+        │   ├── UnknownCommand           worker.unknown_command
+        │   └── BadRequest               worker.bad_request
+        ├── RequestCancelled             worker.cancelled
+        ├── ResponseDecodeError          worker.bad_response
+        ├── RequestTimeout               worker.request_timeout        child replaced
+        ├── MemoryLimitExceeded          worker.rss_limit              child replaced
+        ├── WorkerCrashed                worker.exit.<cause>           child replaced
+        └── ProtocolViolation            protocol.*                    child replaced
+            ├── CorruptStream            protocol.corrupt_stream
+            ├── OversizeFrame            protocol.frame_too_large
+            ├── SchemaViolation          protocol.frame_schema
+            ├── UnexpectedFrame          protocol.unexpected_frame
+            └── ChannelClosed            protocol.channel_closed
+
+Every error has a stable ``code``; errors that ended a child carry its ``ExitInfo`` as
+``exit`` (exit status or signal, the tail of its stderr, the request in flight and whether
+work had entered the child). Messages start with what failed and carry facts as
+``key=value``.
+"""
+
+from __future__ import annotations
+
+from ._exit import ExitInfo
+
+_TAIL_IN_MESSAGE = 2000
+
+
+class WorkerError(Exception):
+    """Base of every lean-worker error."""
+
+    code: str = "worker.error"
+
+    def __init__(self, message: str, *, exit: ExitInfo | None = None) -> None:
+        self.exit = exit
+        if exit is not None:
+            message = f"{message}; {exit.describe()}"
+            if exit.stderr_tail:
+                message += f"\n--- child stderr (tail) ---\n{exit.stderr_tail[-_TAIL_IN_MESSAGE:]}"
+        super().__init__(message)
+
+    @property
+    def stderr_tail(self) -> str:
+        return self.exit.stderr_tail if self.exit else ""
+
+
+class WorkerClosed(WorkerError):
+    code = "worker.closed"
+
+
+class StartupError(WorkerError):
+    """The child could not be started or did not complete its handshake."""
+
+    code = "worker.startup.failed"
+
+
+class StartupTimeout(StartupError):
+    code = "worker.startup.timeout"
+
+    def __init__(self, message: str, *, limit_s: float, exit: ExitInfo | None = None) -> None:
+        self.limit_s = limit_s
+        super().__init__(message, exit=exit)
+
+
+class HandshakeError(StartupError):
+    code = "worker.startup.handshake_failed"
+
+
+class RestartLimitExceeded(WorkerError):
+    """Too many unplanned restarts in the window: a crash loop is stopped instead of fed."""
+
+    code = "worker.restart_limit"
+
+    def __init__(self, message: str, *, restarts: int, window_s: float, last_exit: ExitInfo | None) -> None:
+        self.restarts = restarts
+        self.window_s = window_s
+        self.last_exit = last_exit
+        super().__init__(message)
+
+
+class RequestError(WorkerError):
+    """One request failed. ``operation`` is the command name."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        request_id: int | None = None,
+        generation: int | None = None,
+        exit: ExitInfo | None = None,
+    ) -> None:
+        self.operation = operation
+        self.request_id = request_id
+        self.generation = generation
+        super().__init__(message, exit=exit)
+
+
+class RequestTooLarge(RequestError):
+    code = "worker.request_too_large"
+
+
+class SchemaMismatch(RequestError):
+    """The child does not serve this command with the same schema fingerprint."""
+
+    code = "worker.schema_mismatch"
+
+
+class RemoteError(RequestError):
+    """The handler raised; the child is alive and keeps serving."""
+
+    code = "worker.handler_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        request_id: int | None,
+        generation: int | None,
+        remote_type: str,
+        remote_code: str,
+        remote_message: str,
+        traceback: str,
+    ) -> None:
+        self.remote_type = remote_type
+        self.remote_code = remote_code
+        self.remote_message = remote_message
+        self.traceback = traceback
+        super().__init__(message, operation=operation, request_id=request_id, generation=generation)
+
+
+class UnknownCommand(RemoteError):
+    code = "worker.unknown_command"
+
+
+class BadRequest(RemoteError):
+    code = "worker.bad_request"
+
+
+class RequestCancelled(RequestError):
+    code = "worker.cancelled"
+
+
+class ResponseDecodeError(RequestError):
+    """A response, summary or row did not match the command's declared type."""
+
+    code = "worker.bad_response"
+
+
+class RequestTimeout(RequestError):
+    code = "worker.request_timeout"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        request_id: int,
+        generation: int,
+        limit_s: float,
+        elapsed_s: float,
+        rows_delivered: int,
+        exit: ExitInfo | None,
+    ) -> None:
+        self.limit_s = limit_s
+        self.elapsed_s = elapsed_s
+        self.rows_delivered = rows_delivered
+        super().__init__(message, operation=operation, request_id=request_id, generation=generation, exit=exit)
+
+
+class MemoryLimitExceeded(RequestError):
+    code = "worker.rss_limit"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str,
+        request_id: int,
+        generation: int,
+        rss_bytes: int,
+        limit_bytes: int,
+        exit: ExitInfo | None,
+    ) -> None:
+        self.rss_bytes = rss_bytes
+        self.limit_bytes = limit_bytes
+        super().__init__(message, operation=operation, request_id=request_id, generation=generation, exit=exit)
+
+
+class WorkerCrashed(RequestError):
+    """The child ended while a request was in flight. ``code`` is the exit cause."""
+
+    code = "worker.exit"
+
+    def __init__(self, message: str, *, operation: str, request_id: int, generation: int, exit: ExitInfo) -> None:
+        super().__init__(message, operation=operation, request_id=request_id, generation=generation, exit=exit)
+        self.code = exit.cause.value
+
+
+class ProtocolViolation(RequestError):
+    """The child broke the protocol; it was killed and will be replaced."""
+
+    code = "protocol.violation"
+
+
+class CorruptStream(ProtocolViolation):
+    code = "protocol.corrupt_stream"
+
+
+class OversizeFrame(ProtocolViolation):
+    code = "protocol.frame_too_large"
+
+
+class SchemaViolation(ProtocolViolation):
+    code = "protocol.frame_schema"
+
+
+class UnexpectedFrame(ProtocolViolation):
+    code = "protocol.unexpected_frame"
+
+
+class ChannelClosed(ProtocolViolation):
+    code = "protocol.channel_closed"

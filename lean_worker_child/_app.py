@@ -1,0 +1,234 @@
+"""``WorkerApp``: declare handlers for typed commands and serve them to a supervising parent."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import msgspec
+
+from lean_worker_protocol import (
+    PROTOCOL_VERSION,
+    Call,
+    Cancel,
+    Command,
+    CommandInfo,
+    ErrorInfo,
+    NIL,
+    FrameTooLarge,
+    Hello,
+    ProtocolError,
+    Request,
+    Response,
+    Shutdown,
+    Stream,
+    Welcome,
+)
+
+from . import _boot
+from ._connection import Cancelled, Connection, ProtocolBroken, RequestContext
+
+_MESSAGE_LIMIT = 4 * 1024
+_TRACEBACK_LIMIT = 32 * 1024
+
+Handler = Callable[[Any, RequestContext], Any]
+
+
+@dataclass(frozen=True)
+class _Registered:
+    command: Command
+    handler: Handler
+
+
+def _bounded(text: str, limit: int, *, keep_tail: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    return ("..." + text[-limit:]) if keep_tail else (text[:limit] + "...")
+
+
+def _error(exc: BaseException, code: str | None = None) -> ErrorInfo:
+    return ErrorInfo(
+        type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        code=code or getattr(exc, "code", None) or "worker.handler_error",
+        message=_bounded(str(exc), _MESSAGE_LIMIT),
+        traceback=_bounded("".join(traceback.format_exception(exc)), _TRACEBACK_LIMIT, keep_tail=True),
+    )
+
+
+class WorkerApp:
+    """The commands one worker child serves.
+
+    ::
+
+        app = WorkerApp("my-tool", version="1.2.0")
+
+        @app.handler(ADD)
+        def add(request: Add, ctx: RequestContext) -> int:
+            return request.a + request.b
+
+        if __name__ == "__main__":
+            app.serve()
+
+    A handler gets the decoded request and a ``RequestContext``; a ``Call`` handler returns
+    the response, a ``Stream`` handler emits rows through the context and returns the
+    summary. An exception in a handler becomes a typed error response; the child lives on.
+    """
+
+    def __init__(self, name: str, version: str = "0") -> None:
+        self.name = name
+        self.version = version
+        self._commands: dict[str, _Registered] = {}
+
+    def handler(self, command: Command) -> Callable[[Handler], Handler]:
+        if not isinstance(command, (Call, Stream)):
+            raise TypeError(f"handler() takes a Call or Stream declaration; got {command!r}")
+
+        def register(fn: Handler) -> Handler:
+            if command.name in self._commands:
+                raise ValueError(f"command {command.name!r} already has a handler")
+            self._commands[command.name] = _Registered(command, fn)
+            return fn
+
+        return register
+
+    @property
+    def commands(self) -> tuple[Command, ...]:
+        return tuple(r.command for r in self._commands.values())
+
+    def command_infos(self) -> tuple[CommandInfo, ...]:
+        return tuple(
+            CommandInfo(c.name, c.kind, c.import_like, c.fingerprint, c.streams)  # type: ignore[arg-type]
+            for c in self.commands
+        )
+
+    def serve(self) -> NoReturn:
+        """Run as a supervised child until the parent shuts us down. Never returns."""
+        boot = _boot.load_bootstrap()
+        _boot.tie_to_parent(boot.parent_pid)
+        try:
+            _boot.apply_rlimits(boot.rlimits)
+        except (ValueError, OSError) as exc:
+            print(f"lean-worker child: cannot apply rlimits {boot.rlimits}: {exc}", file=sys.stderr)
+            sys.exit(_boot.EXIT_NOT_SUPERVISED)
+        faulthandler.enable(all_threads=True)
+        os.set_inheritable(boot.read_fd, False)
+        os.set_inheritable(boot.write_fd, False)
+        _boot.start_watchdog(boot.read_fd)
+        conn = Connection(boot.read_fd, boot.write_fd, boot.max_frame_bytes)
+        try:
+            code = _Server(self, conn).run()
+        except (ProtocolBroken, ProtocolError) as exc:
+            print(f"lean-worker child: protocol broken: {exc}", file=sys.stderr)
+            code = _boot.EXIT_PROTOCOL
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class _Server:
+    def __init__(self, app: WorkerApp, conn: Connection) -> None:
+        self.app = app
+        self.conn = conn
+        self.payload_encoder = msgspec.msgpack.Encoder()
+
+    def run(self) -> int:
+        conn = self.conn
+        conn.send(
+            Hello(
+                PROTOCOL_VERSION,
+                self.app.name,
+                self.app.version,
+                os.getpid(),
+                self.app.command_infos(),
+                conn.max_frame_bytes,
+            )
+        )
+        welcome = conn.read_frame()
+        if welcome is None:
+            _boot.kill_own_group()
+        if not isinstance(welcome, Welcome):
+            raise ProtocolBroken(f"expected Welcome, got {type(welcome).__name__}")
+        if welcome.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolBroken(
+                f"protocol version mismatch: child={PROTOCOL_VERSION} parent={welcome.protocol_version}"
+            )
+        conn.row_batch_rows = max(1, welcome.row_batch_rows)
+        conn.row_batch_bytes = max(1, welcome.row_batch_bytes)
+        conn.flush_interval_s = max(0.001, welcome.row_flush_interval_s)
+
+        while not conn.shutdown_requested:
+            frame = conn.read_frame()
+            if frame is None:  # parent gone without a Shutdown: take our helpers down with us
+                _boot.kill_own_group()
+            if isinstance(frame, Request):
+                self.handle(frame)
+            elif isinstance(frame, Shutdown):
+                return 0
+            elif isinstance(frame, Cancel):
+                continue  # the request it names already finished
+            else:
+                raise ProtocolBroken(f"unexpected {type(frame).__name__} frame from parent")
+        return 0
+
+    def handle(self, request: Request) -> None:
+        started = time.perf_counter()
+        conn = self.conn
+        registered = self.app._commands.get(request.command)
+        ctx: RequestContext | None = None
+        payload: bytes | None = None
+        error: ErrorInfo | None = None
+        stalls_before = conn.stalls
+        if registered is None:
+            error = ErrorInfo(
+                "UnknownCommand",
+                "worker.unknown_command",
+                f"worker {self.app.name!r} has no command {request.command!r}; "
+                f"serves: {sorted(self.app._commands)}",
+            )
+        else:
+            command = registered.command
+            try:
+                value = command.request_decoder.decode(request.payload)
+            except msgspec.DecodeError as exc:
+                error = ErrorInfo("BadRequest", "worker.bad_request", f"cannot decode request for {command.name!r}: {exc}")
+            else:
+                ctx = RequestContext(conn, request, command)
+                with conn.lock:
+                    conn.active = ctx
+                try:
+                    result = registered.handler(value, ctx)
+                    payload = self.payload_encoder.encode(result)
+                except Cancelled as exc:
+                    error = _error(exc, "worker.cancelled")
+                except ProtocolBroken:
+                    raise
+                except Exception as exc:
+                    error = _error(exc)
+        with conn.lock:
+            rows: dict[str, int] = {}
+            if ctx is not None:
+                ctx._flush_all_locked()
+                rows = ctx.row_counts()
+            conn.active = None
+            response = Response(
+                request.id,
+                request.generation,
+                NIL if payload is None else msgspec.Raw(payload),
+                error,
+                rows,
+                time.perf_counter() - started,
+                conn.stalls - stalls_before,
+            )
+            try:
+                data = conn.encoder.encode(response)
+            except FrameTooLarge as exc:
+                data = conn.encoder.encode(
+                    msgspec.structs.replace(response, payload=NIL, error=_error(exc, "worker.response_too_large"))
+                )
+            conn.write_locked(data)

@@ -1,0 +1,124 @@
+"""Child start-up: read the bootstrap, tie the child's life to its parent, apply limits.
+
+The order matters. The parent-death signal is armed first and then ``getppid`` is compared
+with the parent that spawned us: a parent that died between ``fork`` and ``prctl`` would
+otherwise leave us running forever. Core dumps are disabled before anything can crash:
+lean-rs measured 23-107 s of delayed pipe EOF while the kernel piped an aborting child's
+core to a dump handler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import select
+import signal
+import sys
+import threading
+
+import msgspec
+
+from lean_worker_protocol import BOOTSTRAP_ENV, Bootstrap, Rlimits
+
+_PR_SET_PDEATHSIG = 1
+EXIT_NOT_SUPERVISED = 2
+EXIT_PROTOCOL = 3
+EXIT_PARENT_GONE = 4
+
+_libc: ctypes.CDLL | None = None
+
+
+def _prctl_pdeathsig(sig: int) -> bool:
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+
+
+def load_bootstrap() -> Bootstrap:
+    raw = os.environ.get(BOOTSTRAP_ENV)
+    if raw is None:
+        print(
+            f"{sys.argv[0]}: this program is a lean-worker child; start it through lean_worker "
+            f"(the parent passes {BOOTSTRAP_ENV})",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_NOT_SUPERVISED)
+    try:
+        return msgspec.json.decode(raw, type=Bootstrap)
+    except msgspec.DecodeError as exc:
+        print(f"{sys.argv[0]}: malformed {BOOTSTRAP_ENV}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_NOT_SUPERVISED)
+
+
+def tie_to_parent(parent_pid: int) -> None:
+    """Die with the parent, even while busy in native code (SIGKILL needs no cooperation)."""
+    _prctl_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_PARENT_GONE)
+
+
+def apply_rlimits(limits: Rlimits) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    pairs = (
+        (resource.RLIMIT_AS, limits.address_space_bytes),
+        (resource.RLIMIT_CPU, limits.cpu_seconds),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+    )
+    for which, value in pairs:
+        if value is not None:
+            _soft, hard = resource.getrlimit(which)
+            resource.setrlimit(which, (value, hard))
+
+
+def kill_own_group() -> None:
+    """End this child and everything it started; only when we lead our own process group."""
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(EXIT_PARENT_GONE)
+
+
+def start_watchdog(read_fd: int) -> threading.Thread:
+    """Watch the protocol pipe for hang-up (parent gone) and take the process group down.
+
+    ``poll`` with an empty event mask reports only POLLHUP/POLLERR, so the thread sleeps in
+    the kernel until the parent's write end closes and costs nothing per request.
+    """
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(read_fd, 0)
+        while True:
+            try:
+                events = poller.poll()
+            except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                continue
+            except OSError:
+                return
+            if any(ev & (select.POLLHUP | select.POLLERR) for _fd, ev in events):
+                kill_own_group()
+            if any(ev & select.POLLNVAL for _fd, ev in events):
+                return
+
+    thread = threading.Thread(target=watch, name="lean-worker-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _pdeathsig_preexec() -> None:  # runs in the forked grandchild before exec
+    _prctl_pdeathsig(signal.SIGKILL)
+
+
+def popen_kwargs() -> dict[str, object]:
+    """``subprocess.Popen`` keyword arguments that make a process die with this child.
+
+    A handler that starts helper processes (a Lean toolchain, a solver) should pass these:
+    the helper then gets SIGKILL when the child dies, also when the child itself was killed
+    because its parent died. Helpers always die with the child's process group when the
+    supervisor replaces the child; these arguments cover the case where nobody is left to
+    kill the group.
+    """
+    return {"preexec_fn": _pdeathsig_preexec}
