@@ -1,0 +1,38 @@
+"""Shared test helpers: configs for test children with short, test-friendly timeouts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from lean_worker import ChildCommand, ChildEnv, RestartPolicy, WorkerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_config(module: str, *args: str, restart: RestartPolicy | None = None, **options: object) -> WorkerConfig:
+    """A WorkerConfig for ``python -m <module>`` run from the repo root, with short timeouts."""
+    env = ChildEnv(set={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    defaults: dict[str, object] = {
+        "startup_timeout_s": 20.0,
+        "request_timeout_s": 30.0,
+        "cancel_grace_s": 1.0,
+        "shutdown_grace_s": 1.0,
+        "kill_grace_s": 0.5,
+    }
+    defaults.update(options)
+    return WorkerConfig(
+        child=ChildCommand.module(module, *args, python=sys.executable),
+        env=env,
+        cwd=str(ROOT),
+        restart=restart or RestartPolicy(),
+        **defaults,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
