@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from lean_worker_protocol import ChildFrame, FrameReader
 
@@ -96,6 +97,14 @@ class Channel:
         """The next buffered frame, without waiting."""
         return self.reader.next()
 
+    def idle_output(self) -> bool:
+        """Whether the child wrote anything while no request was in flight."""
+        return bool(self.reader.buffered)
+
+    def now(self) -> float:
+        """The event loop's clock (the clock deadlines are expressed in)."""
+        return anyio.current_time()
+
     async def recv(self, deadline: float) -> Any:
         raise NotImplementedError
 
@@ -110,8 +119,11 @@ class AsyncioChannel(Channel):
     def __init__(self, read_fd: int, write_fd: int, max_frame_bytes: int) -> None:
         super().__init__(read_fd, write_fd, max_frame_bytes)
         self._loop = asyncio.get_running_loop()
+        self.now = self._loop.time  # type: ignore[method-assign]
         self._waiter: asyncio.Future[None] | None = None
         self._reading = False
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
         self.on_unsolicited: Any = None
         self.idle = True
         self._resume()
@@ -146,6 +158,28 @@ class AsyncioChannel(Channel):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    # One timer per channel, re-armed lazily: consecutive requests with the same timeout
+    # have increasing deadlines, so the timer that fires for an old deadline just moves to
+    # the current one. That is one timer per timeout period instead of one per wait.
+    def _arm(self, deadline: float) -> None:
+        self._deadline = deadline
+        if deadline == math.inf:
+            return
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._loop.time() >= self._deadline:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif self._deadline != math.inf:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+
     async def recv(self, deadline: float) -> Any:
         reader = self.reader
         while True:
@@ -163,17 +197,15 @@ class AsyncioChannel(Channel):
                 raise ChannelInterrupted()
             if self.eof:
                 raise ChannelEOF()
-            loop = self._loop
-            if loop.time() >= deadline:
+            if self._loop.time() >= deadline:
                 raise ChannelTimeout()
-            waiter = self._waiter = loop.create_future()
-            timer = None if math.isinf(deadline) else loop.call_at(deadline, _wake, waiter)
+            if deadline != self._deadline:
+                self._arm(deadline)
+            waiter = self._waiter = self._loop.create_future()
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -183,12 +215,10 @@ class AsyncioChannel(Channel):
 
     def close(self) -> None:
         self._pause()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().close()
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class GenericChannel(Channel):
@@ -226,8 +256,24 @@ class GenericChannel(Channel):
                 data = b""
             if data:
                 reader.feed(data)
+                # Yield once per read: with a fast child the pipe never runs dry, and the
+                # caller's cancel scopes (and everyone else) must still get to run.
+                await anyio.lowlevel.checkpoint()
             else:
                 self.eof = True
+
+    def idle_output(self) -> bool:
+        """Without a reader callback, look for bytes the child wrote while idle."""
+        if not self.eof:
+            try:
+                data = os.read(self.read_fd, _READ_CHUNK)
+            except (BlockingIOError, OSError):
+                data = None
+            if data:
+                self.reader.feed(data)
+            elif data == b"":
+                self.eof = True
+        return bool(self.reader.buffered)
 
     def interrupt(self) -> None:
         self.interrupted = True

@@ -122,13 +122,15 @@ class RestartPolicy:
     - ``max_imports``: cycle before an import-like request once the child has served this
       many import-like requests (each fresh Lean import leaves residue only exit frees).
     - ``rss_ceiling_bytes``: cycle before a request when the child's process tree uses more
-      (RSS, confirmed with PSS so shared pages are not double-counted). A child that is
-      already above the ceiling before its first request is not cycled again (no loop).
+      (RSS, confirmed with PSS so shared pages are not double-counted). A child that was
+      already above the ceiling right after its handshake is never cycled for it: a
+      replacement would be too, and cycling would loop.
     - ``rss_hard_limit_bytes``: sampled every ``rss_sample_interval_s`` during a request;
       above it (confirmed with PSS) the request is killed with ``MemoryLimitExceeded``.
     - ``idle_restart_s``: a child idle this long is retired; the next request starts one.
-    - ``restart_on_timeout``: on a request timeout, kill at once (True) or first send a
-      cancel and keep the child if it answers within the cancel grace (False).
+    - ``restart_on_timeout``: on a request timeout, end the child (True: SIGTERM to its
+      group, SIGKILL after ``kill_grace_s``) or first send a cancel and keep the child if it
+      answers within ``cancel_grace_s`` (False).
     - ``max_restarts`` per ``restart_window_s``: unplanned restarts (crash, timeout,
       protocol violation, RSS hard limit, failed start) beyond this raise
       ``RestartLimitExceeded`` instead of spawning.

@@ -42,6 +42,9 @@ class ExitInfo:
     returncode: int | None
     signal: str | None
     stderr_tail: str
+    """The last lines the child wrote to stderr (bounded)."""
+    stdout_tail: str
+    """The last lines the child wrote to stdout (bounded)."""
     request_id: int | None
     command: str | None
     work_entered: bool

@@ -61,9 +61,13 @@ class TreeMemory:
         return total if seen else None
 
     def over(self, limit: int) -> tuple[bool, int | None, int | None]:
-        """(confirmed breach, rss, pss): RSS first; PSS only when RSS is above the limit."""
+        """(breach, rss, pss): RSS first; PSS only when RSS is above the limit.
+
+        When PSS cannot be read (no smaps access) the RSS breach stands: an unconfirmed
+        breach is acted on, never taken as proof that the tree is under the limit.
+        """
         rss = self.rss()
         if rss is None or rss <= limit:
             return False, rss, None
         pss = self.pss()
-        return (pss is not None and pss > limit), rss, pss
+        return (pss > limit if pss is not None else True), rss, pss

@@ -76,6 +76,9 @@ class SyncWorker:
     def stats(self) -> WorkerStats:
         return self._parts()[1].stats()
 
+    def output_tail(self, stream: str = "stderr", max_lines: int = 40) -> str:
+        return self._parts()[1].output_tail(stream, max_lines)
+
     def rss(self) -> int | None:
         portal, worker = self._parts()
         return portal.call(worker.rss)

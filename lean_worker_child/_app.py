@@ -53,9 +53,10 @@ def _bounded(text: str, limit: int, *, keep_tail: bool = False) -> str:
 
 
 def _error(exc: BaseException, code: str | None = None) -> ErrorInfo:
+    own = getattr(exc, "code", None)  # only string codes: HTTPError.code is an int status
     return ErrorInfo(
         type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        code=code or getattr(exc, "code", None) or "worker.handler_error",
+        code=code or (own if isinstance(own, str) and own else None) or "worker.handler_error",
         message=_bounded(str(exc), _MESSAGE_LIMIT),
         traceback=_bounded("".join(traceback.format_exception(exc)), _TRACEBACK_LIMIT, keep_tail=True),
     )
@@ -195,7 +196,7 @@ class _Server:
             command = registered.command
             try:
                 value = command.request_decoder.decode(request.payload)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
                 error = ErrorInfo("BadRequest", "worker.bad_request", f"cannot decode request for {command.name!r}: {exc}")
             else:
                 ctx = RequestContext(conn, request, command)

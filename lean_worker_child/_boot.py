@@ -38,8 +38,13 @@ def _prctl_pdeathsig(sig: int) -> bool:
     return _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
 
 
+current: Bootstrap | None = None
+"""This child's bootstrap once ``serve`` has read it (the variable itself is removed)."""
+
+
 def load_bootstrap() -> Bootstrap:
-    raw = os.environ.get(BOOTSTRAP_ENV)
+    global current
+    raw = os.environ.pop(BOOTSTRAP_ENV, None)  # helpers we start must not inherit it
     if raw is None:
         print(
             f"{sys.argv[0]}: this program is a lean-worker child; start it through lean_worker "
@@ -48,7 +53,8 @@ def load_bootstrap() -> Bootstrap:
         )
         sys.exit(EXIT_NOT_SUPERVISED)
     try:
-        return msgspec.json.decode(raw, type=Bootstrap)
+        current = msgspec.json.decode(raw, type=Bootstrap)
+        return current
     except msgspec.DecodeError as exc:
         print(f"{sys.argv[0]}: malformed {BOOTSTRAP_ENV}: {exc}", file=sys.stderr)
         sys.exit(EXIT_NOT_SUPERVISED)
@@ -62,7 +68,11 @@ def tie_to_parent(parent_pid: int) -> None:
 
 
 def apply_rlimits(limits: Rlimits) -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # RLIMIT_CORE=1, not 0: for a core_pattern that pipes to a handler the kernel ignores
+    # the limit except for the value 1, which it treats as "no dump" (fs/coredump.c); for
+    # file dumps anything below a page writes nothing. So 1 suppresses both kinds.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (1 if hard == resource.RLIM_INFINITY or hard >= 1 else 0, hard))
     pairs = (
         (resource.RLIMIT_AS, limits.address_space_bytes),
         (resource.RLIMIT_CPU, limits.cpu_seconds),

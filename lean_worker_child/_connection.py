@@ -34,6 +34,7 @@ from lean_worker_protocol import (
     FrameReader,
     FrameTooLarge,
     ParentFrame,
+    ProtocolError,
     Position,
     Progress,
     Request,
@@ -64,6 +65,7 @@ class Connection:
         os.set_blocking(write_fd, False)
         self.max_frame_bytes = max_frame_bytes
         self.encoder = FrameEncoder(max_frame_bytes)
+        self.row_encoder = msgspec.msgpack.Encoder()
         self.reader = FrameReader(ParentFrame, max_frame_bytes)
         self._poll_in = select.poll()
         self._poll_in.register(read_fd, select.POLLIN)
@@ -99,13 +101,25 @@ class Connection:
                 raise ProtocolBroken("parent closed the protocol channel")
             self.reader.feed(chunk)
         frames = []
-        while (frame := self.reader.next()) is not None:
-            frames.append(frame)
+        try:
+            while (frame := self.reader.next()) is not None:
+                frames.append(frame)
+        except ProtocolError as exc:  # from the parent's side of the stream: fatal, not the handler's
+            raise ProtocolBroken(f"cannot read the parent's frames: {exc}") from exc
         return frames
 
     # -- writing (caller holds ``lock``) ---------------------------------------------------
     def write_locked(self, data: bytes | bytearray) -> None:
-        view = memoryview(data)
+        try:
+            written = os.write(self.write_fd, data)
+        except BlockingIOError:
+            written = 0
+        if written == len(data):
+            return
+        view = memoryview(data)[written:]
+        if not written:
+            self.stalls += 1
+            self._poll_out.poll()
         while view:
             try:
                 written = os.write(self.write_fd, view)
@@ -138,13 +152,17 @@ class Connection:
 
 
 class _StreamBuffer:
-    __slots__ = ("name", "data", "count", "seq")
+    __slots__ = ("name", "data", "count", "seq", "flush_rows", "flush_bytes")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, conn: Connection) -> None:
         self.name = name
         self.data = bytearray()
         self.count = 0
         self.seq = 0
+        self.flush_rows = conn.row_batch_rows
+        # Flush before a batch could outgrow the frame limit, so the per-row path needs
+        # only this one comparison; the oversize check runs once per batch.
+        self.flush_bytes = min(conn.row_batch_bytes, conn.max_frame_bytes - len(name) - _ROWS_FRAME_OVERHEAD)
 
 
 def _array_header(count: int) -> bytes:
@@ -155,17 +173,25 @@ def _array_header(count: int) -> bytes:
     return struct.pack(">BI", 0xDD, count)
 
 
+_NO_STREAMS: dict[str, type] = {}
+
+
 class RequestContext:
     """What a handler gets besides its request: rows, diagnostics, progress, cancellation."""
+
+    __slots__ = ("_conn", "request_id", "generation", "command", "_row_types", "_streams", "_row_encoder",
+                 "_cancelled", "_pending_progress", "_last_progress_at", "_last_phase", "_acquire", "_release")
 
     def __init__(self, conn: Connection, request: Request, command: Command) -> None:
         self._conn = conn
         self.request_id = request.id
         self.generation = request.generation
         self.command = command.name
-        self._row_types = command.row_types if isinstance(command, Stream) else {}
+        self._row_types = command.row_types if isinstance(command, Stream) else _NO_STREAMS
         self._streams: dict[str, _StreamBuffer] = {}
-        self._row_encoder = msgspec.msgpack.Encoder()
+        self._row_encoder = conn.row_encoder
+        self._acquire = conn.lock.acquire
+        self._release = conn.lock.release
         self._cancelled = False
         self._pending_progress: Progress | None = None
         self._last_progress_at = 0.0
@@ -174,21 +200,23 @@ class RequestContext:
     # -- rows ------------------------------------------------------------------------------
     def emit(self, row: Any, stream: str = DEFAULT_STREAM) -> None:
         """Send one row on ``stream``. Rows are batched; blocks while the parent is behind."""
-        conn = self._conn
-        with conn.lock:
+        # Bound acquire/release instead of ``with``: 113 ns against 220 ns per row here
+        # (2026-11-22, Python 3.11), a quarter of the whole per-row cost.
+        self._acquire()
+        try:
             buf = self._streams.get(stream)
             if buf is None:
                 buf = self._open_stream(stream)
             data = buf.data
             before = len(data)
             self._row_encoder.encode_into(row, data, -1)
-            if len(data) + len(stream) + _ROWS_FRAME_OVERHEAD > conn.max_frame_bytes:
-                self._split_oversize_locked(buf, before)
             buf.count += 1
-            if buf.count >= conn.row_batch_rows or len(data) >= conn.row_batch_bytes:
-                self._flush_locked(buf)
+            if len(data) >= buf.flush_bytes or buf.count >= buf.flush_rows:
+                self._flush_full_locked(buf, before)
             elif buf.count == 1:
-                conn.want_flush()
+                self._conn.want_flush()
+        finally:
+            self._release()
 
     def emit_many(self, rows: Any, stream: str = DEFAULT_STREAM) -> None:
         for row in rows:
@@ -199,16 +227,26 @@ class RequestContext:
             if not self._row_types:
                 raise TypeError(f"command {self.command!r} is a call command; it has no row streams")
             raise ValueError(f"command {self.command!r} has no stream {stream!r}; streams: {sorted(self._row_types)}")
-        buf = self._streams[stream] = _StreamBuffer(stream)
+        buf = self._streams[stream] = _StreamBuffer(stream, self._conn)
         return buf
 
-    def _split_oversize_locked(self, buf: _StreamBuffer, before: int) -> None:
-        row = bytes(buf.data[before:])
-        del buf.data[before:]
-        if len(row) + len(buf.name) + _ROWS_FRAME_OVERHEAD > self._conn.max_frame_bytes:
-            raise FrameTooLarge(len(row) + len(buf.name) + _ROWS_FRAME_OVERHEAD, self._conn.max_frame_bytes, "row")
+    def _flush_full_locked(self, buf: _StreamBuffer, before: int) -> None:
+        """Flush a full batch. If the last row pushed it past the frame limit, send the
+        batch without that row first; a single row over the limit is a typed error."""
+        limit = self._conn.max_frame_bytes - len(buf.name) - _ROWS_FRAME_OVERHEAD
+        if len(buf.data) > limit:
+            row = bytes(buf.data[before:])
+            del buf.data[before:]
+            buf.count -= 1
+            if len(row) > limit:
+                raise FrameTooLarge(len(row) + len(buf.name) + _ROWS_FRAME_OVERHEAD, self._conn.max_frame_bytes, "row")
+            self._flush_locked(buf)
+            buf.data += row
+            buf.count = 1
+            if len(row) < buf.flush_bytes:
+                self._conn.want_flush()
+                return
         self._flush_locked(buf)
-        buf.data += row
 
     def _flush_locked(self, buf: _StreamBuffer) -> None:
         if not buf.count:

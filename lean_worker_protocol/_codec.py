@@ -146,7 +146,9 @@ class FrameReader:
             frame = self._decoder.decode(memoryview(self._data)[start:end])
         except msgspec.ValidationError as exc:
             raise FrameSchemaError(f"frame does not match the protocol schema: {exc}") from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # msgspec reports invalid UTF-8 in a string and nesting past its depth limit with
+            # these builtin errors, not DecodeError; untyped, they escaped both supervisors.
             raise CorruptFrame(f"undecodable frame body: {exc}; first_bytes={bytes(self._data[start:start + 16]).hex()}") from None
         self._pos = end
         if self._pos == len(self._data):

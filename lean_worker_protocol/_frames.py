@@ -18,10 +18,10 @@ from typing import Literal
 import msgspec
 
 PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change to the frames below."""
 
 NIL = msgspec.Raw(b"\xc0")
 """The msgpack encoding of nil: the payload of an error response."""
-"""Bumped on any incompatible change to the frames below."""
 
 
 class _Frame(msgspec.Struct, array_like=True, tag=True, frozen=True):
