@@ -1,0 +1,168 @@
+"""The examples run, and the recipe and README that show them show their real code and output.
+
+Every fenced ``python`` block in the recipe and the README starts with ``# file: <path>`` and
+must be a contiguous run of lines of that file. The recipe's blocks together must show every
+non-blank line of each example file. Every fenced ``text`` block preceded by ``<!-- output of: <command> -->``
+must appear, line by line and in order, in the output of a real run of that command.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "01-typed-streaming-command.md"
+README = ROOT / "README.md"
+EXAMPLE_DIR = ROOT / "examples" / "typed_streaming"
+
+FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+FILE_MARKER = re.compile(r"^# file: (?P<path>\S+)$")
+OUTPUT_MARKER = re.compile(r"^<!-- output of: (?P<command>.+?) -->[ \t]*$", re.MULTILINE)
+
+
+@cache
+def run_module(module: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module`` from the repo root, as a newcomer would (cached per module)."""
+    return subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def output_of(module: str) -> list[str]:
+    result = run_module(module)
+    assert result.returncode == 0, f"{module} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout.splitlines()
+
+
+def fenced_blocks(doc: Path, lang: str) -> list[str]:
+    """The body of every fenced block in ``lang`` in ``doc``."""
+    return [m.group("body") for m in FENCE.finditer(doc.read_text()) if m.group("lang") == lang]
+
+
+def locate(block: list[str], lines: list[str]) -> list[int]:
+    """Start indexes at which ``block`` occurs in ``lines`` as a contiguous run."""
+    n = len(block)
+    return [i for i in range(len(lines) - n + 1) if lines[i : i + n] == block]
+
+
+def shown_excerpts(doc: Path = RECIPE) -> dict[str, list[list[str]]]:
+    """Excerpts of each file ``doc`` shows, keyed by the path its marker names."""
+    excerpts: dict[str, list[list[str]]] = {}
+    for body in fenced_blocks(doc, "python"):
+        first, *rest = body.rstrip("\n").split("\n")
+        marker = FILE_MARKER.match(first)
+        assert marker, f"a python block in {doc.name} does not start with '# file: <path>': {first!r}"
+        excerpts.setdefault(marker.group("path"), []).append(rest)
+    return excerpts
+
+
+# -- the examples run -------------------------------------------------------------------------
+
+
+def test_async_example_streams_tokens_survives_errors_and_cycles_by_policy() -> None:
+    out = output_of("examples.typed_streaming.run_async")
+    assert "  token 1:1 the" in out
+    assert "  diagnostic [warning] wordfreq.empty_line line=2: empty line" in out
+    assert "  progress tokenize 3/3" in out
+    assert "summary: TokenizeSummary(lines=3, tokens=18, empty_lines=1) rows={'rows': 18} generation=1" in out
+    assert "top words: the=6 cat=2 dog=2" in out
+    # A handler error is typed, carries the exception's own code, and leaves the child alive.
+    assert "error worker.handler_error: remote_code=wordfreq.bad_top message='top must be at least 1; got 0'" in out
+    assert "still generation 1" in out
+    # A timeout kills the child; the next request runs on a fresh one.
+    assert "error worker.request_timeout: limit_s=0.5 exit=worker.exit.supervisor_kill" in out
+    assert "next request ran on generation 2" in out
+    # Leaving a stream early cancels it in the child, which answers and is kept.
+    assert "stopped after 5 tokens; child kept: generation 2" in out
+    assert "restarts: request_timeout=1" in out
+    served = [line for line in out if line.startswith("  served by generation")]
+    assert served == ["  served by generation 1", "  served by generation 1", "  served by generation 2"]
+    assert "cycle: step=shutdown_frame now generation 3" in out
+    assert out[-1] == "restarts: max_requests=1 explicit=1"
+
+
+def test_sync_example_gives_the_same_results_without_an_event_loop() -> None:
+    out = output_of("examples.typed_streaming.run_sync")
+    assert out == [
+        "tokens: the cat sat on the mat the dog sat on the log and the cat watched the dog",
+        "diagnostic [warning] wordfreq.empty_line: empty line",
+        "summary: TokenizeSummary(lines=3, tokens=18, empty_lines=1)",
+        "top words: the=6 cat=2",
+        "error worker.handler_error: remote_code=wordfreq.bad_top",
+        "stats: requests=3 rows_delivered=18 generation=1",
+    ]
+
+
+def test_example_worker_run_by_hand_exits_2_and_says_it_needs_a_parent() -> None:
+    result = run_module("examples.typed_streaming.worker")
+    assert result.returncode == 2
+    assert "LEAN_WORKER_BOOTSTRAP" in result.stderr
+
+
+# -- the recipe shows the examples as they are ----------------------------------------------------
+
+
+@pytest.mark.parametrize("doc", [RECIPE, README], ids=["recipe", "readme"])
+def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
+    excerpts = shown_excerpts(doc)
+    assert excerpts, f"{doc.name} shows no python code"
+    for path, blocks in excerpts.items():
+        file = ROOT / path
+        assert file.is_file(), f"{doc.name} names {path}, which does not exist"
+        lines = file.read_text().splitlines()
+        for block in blocks:
+            starts = locate(block, lines)
+            assert starts, f"a block in {doc.name} naming {path} differs from the file; first line: {block[0]!r}"
+            assert len(starts) == 1, f"a block in {doc.name} naming {path} matches {len(starts)} places; show more lines"
+
+
+def test_recipe_shows_every_line_of_every_example_file() -> None:
+    excerpts = shown_excerpts()
+    example_files = sorted(p.relative_to(ROOT).as_posix() for p in EXAMPLE_DIR.glob("*.py") if p.name != "__init__.py")
+    assert sorted(excerpts) == example_files
+    for path, blocks in excerpts.items():
+        lines = (ROOT / path).read_text().splitlines()
+        shown = set()
+        for block in blocks:
+            for start in locate(block, lines):
+                shown.update(range(start, start + len(block)))
+        missing = [f"{i + 1}: {line}" for i, line in enumerate(lines) if line.strip() and i not in shown]
+        assert not missing, f"the recipe does not show these lines of {path}:\n" + "\n".join(missing)
+
+
+def shown_outputs() -> dict[str, list[list[str]]]:
+    """Output blocks of the recipe, keyed by the command their marker names."""
+    text = RECIPE.read_text()
+    outputs: dict[str, list[list[str]]] = {}
+    for marker in OUTPUT_MARKER.finditer(text):
+        block = FENCE.search(text, marker.end())
+        assert block and block.group("lang") == "text" and not text[marker.end() : block.start()].strip(), (
+            f"'{marker.group(0)}' must be followed directly by a ```text block"
+        )
+        outputs.setdefault(marker.group("command"), []).append(block.group("body").rstrip("\n").split("\n"))
+    return outputs
+
+
+@pytest.mark.parametrize("module", ["examples.typed_streaming.run_async", "examples.typed_streaming.run_sync"])
+def test_recipe_output_blocks_match_a_real_run(module: str) -> None:
+    command = f"python -m {module}"
+    shown = shown_outputs().get(command)
+    assert shown, f"the recipe shows no output of {command}"
+    actual = output_of(module)
+    for block in shown:
+        rest = iter(actual)  # every shown line must appear, in order (a run may add coalescible progress lines)
+        for line in block:
+            assert any(line == got for got in rest), (
+                f"the recipe shows {line!r} in the output of {command}, but a real run does not print it "
+                f"there; the run printed:\n" + "\n".join(actual)
+            )
