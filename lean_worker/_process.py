@@ -158,7 +158,11 @@ class ChildProcess:
                 if not remaining[0]:
                     drains_done.set()
 
-        with anyio.CancelScope() as scope:
+        # Shielded: a cancelled caller scope (``move_on_after`` around ``async with Worker``, a
+        # failing sibling task) would otherwise cancel this reaper too, and the supervisor's
+        # shielded cleanup would then wait forever on ``exited`` next to an unreaped zombie.
+        # The supervisor always kills a child it stops caring about, so this ends.
+        with anyio.CancelScope(shield=True) as scope:
             self.cancel_scope = scope
             async with anyio.create_task_group() as tg:
                 tg.start_soon(drain, self._out_fd, self.stdout_tail, "stdout")
