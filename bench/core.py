@@ -4,7 +4,9 @@
 
 Prints ``key=value`` lines:
 
-- ``rtt_p50_us``, ``rtt_p99_us``: typed no-op request (``echo``) through ``Worker.call``;
+- ``rtt_p50_us``, ``rtt_p99_us``: typed no-op request (``echo``) through ``Worker.call``
+  (default config: adaptive busy-polling for fast replies, ``spin_wait_us=100``);
+  ``rtt_nospin_p50_us``: the same with ``spin_wait_us=0`` (every reply awaited in the loop);
   ``raw_rtt_p50_us``: the same message as length-prefixed msgspec frames over a pipe with
   blocking reads and writes on both sides, no framework; ``rtt_ratio`` (goal <= 2.0).
 - ``stream_rows_per_s``: 1,000,000 small rows child -> parent through ``Worker.stream``;
@@ -26,6 +28,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import anyio
 import msgspec
@@ -169,6 +172,17 @@ async def framework(samples: int, rows: int, cycles: int) -> dict[str, float]:
             cycle_times.append((time.perf_counter() - t0) * 1000)
         out["cycle_ms"] = statistics.median(cycle_times)
 
+    # The same round trip with busy-polling off: every reply is awaited in the event loop.
+    async with Worker(replace(config, spin_wait_us=0)) as worker:
+        for _ in range(samples // 5):
+            await worker.call(ECHO, Echo())
+        times = []
+        for _ in range(samples):
+            t0 = time.perf_counter_ns()
+            await worker.call(ECHO, Echo())
+            times.append((time.perf_counter_ns() - t0) / 1000)
+        out["rtt_nospin_p50_us"] = _percentile(times, 0.50)
+
     cold = []
     for _ in range(cycles):
         t0 = time.perf_counter()
@@ -199,6 +213,8 @@ def main() -> None:
     print(f"rtt_p99_us={result['rtt_p99_us']:.1f}")
     print(f"raw_rtt_p50_us={raw_p50:.1f}")
     print(f"rtt_ratio={result['rtt_p50_us'] / raw_p50:.2f}")
+    print(f"rtt_nospin_p50_us={result['rtt_nospin_p50_us']:.1f}")
+    print(f"rtt_nospin_ratio={result['rtt_nospin_p50_us'] / raw_p50:.2f}")
     print(f"stream_rows_per_s={result['stream_rows_per_s']:.0f}")
     print(f"raw_rows_per_s={raw_rps:.0f}")
     print(f"stream_ratio={result['stream_rows_per_s'] / raw_rps:.2f}")

@@ -178,6 +178,11 @@ class WorkerConfig:
     row_batch_rows: int = 1024
     row_batch_bytes: int = 256 * 1024
     row_flush_interval_s: float = 0.01
+    spin_wait_us: float = 100.0
+    """Busy-poll up to this long for the reply of a ``call`` before parking in the event
+    loop, for commands whose recent round trips fit (an average under half of it) and only
+    when no other task is ready to run. Cuts a no-op round trip roughly in half; costs at
+    most this much CPU per call. 0 disables it."""
     name: str = "worker"
     expected_worker_name: str | None = None
 
@@ -186,6 +191,8 @@ class WorkerConfig:
         for name in ("startup_timeout_s", "cancel_grace_s", "shutdown_grace_s", "kill_grace_s", "row_flush_interval_s"):
             _positive(name, getattr(self, name))
         _positive("request_timeout_s", self.request_timeout_s)
+        if self.spin_wait_us < 0:
+            raise ValueError(f"spin_wait_us must be >= 0; got {self.spin_wait_us}")
         if self.output_tail_bytes < 1024:
             raise ValueError("output_tail_bytes must be at least 1024")
         if self.row_batch_rows < 1 or self.row_batch_bytes < 1:

@@ -274,6 +274,9 @@ class Worker:
         self._closed = False
         self._entered = False
         self._rss_at_kill = 0
+        self._spin_s = config.spin_wait_us / 1e6
+        self._call_rtt: dict[str, float] = {}
+        """Moving average of each call command's round trip: decides whether to spin."""
         p = config.restart
         self._policy_active = any(
             v is not None for v in (p.max_requests, p.max_imports, p.idle_restart_s, p.rss_ceiling_bytes)
@@ -647,7 +650,16 @@ class Worker:
         on_diagnostic: DiagnosticCallback | None,
         on_progress: ProgressCallback | None,
     ) -> _Op:
-        gen = await self._ensure_child(command)
+        gen = self._gen
+        if (
+            gen is None
+            or self._policy_active
+            or gen.child.kill_reason is not None
+            or not gen.child.alive
+            or gen.channel.idle_output()
+            or self._closed
+        ):
+            gen = await self._ensure_child(command)
         info = gen.served.get(command.name)
         if info is None or info.fingerprint != command.fingerprint or info.kind != command.kind:
             served = "not served" if info is None else f"fingerprint={info.fingerprint} kind={info.kind}"
@@ -913,9 +925,14 @@ class Worker:
         async with self._lock:
             op = await self._begin(command, request, timeout, on_diagnostic, on_progress)
             try:
+                typical = self._call_rtt.get(command.name)
+                if typical is not None and typical < self._spin_s * 0.5:
+                    op.gen.channel.spin(self._spin_s)
                 while True:
                     frame = await self._next(op)
                     if isinstance(frame, Response):
+                        rtt = op.gen.channel.now() - op.started
+                        self._call_rtt[command.name] = rtt if typical is None else 0.8 * typical + 0.2 * rtt
                         self._finish(op, frame)
                         return self._decode(op, command.response_decoder, frame.payload, "response")  # type: ignore[no-any-return]
                     if isinstance(frame, Rows):

@@ -200,8 +200,7 @@ class _Server:
                 error = ErrorInfo("BadRequest", "worker.bad_request", f"cannot decode request for {command.name!r}: {exc}")
             else:
                 ctx = RequestContext(conn, request, command)
-                with conn.lock:
-                    conn.active = ctx
+                conn.active = ctx  # a plain reference swap; the flusher reads it under the lock
                 try:
                     result = registered.handler(value, ctx)
                     payload = self.payload_encoder.encode(result)
