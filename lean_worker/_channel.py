@@ -108,9 +108,9 @@ class Channel:
         """The event loop's clock (the clock deadlines are expressed in)."""
         return anyio.current_time()
 
-    def spin(self, budget_s: float) -> bool:
-        """Busy-poll for a reply (asyncio only, see ``AsyncioChannel.spin``)."""
-        return False
+    def spin(self, budget_s: float) -> bool | None:
+        """Busy-poll for a reply (asyncio only, see ``AsyncioChannel.spin``); ``None``: not tried."""
+        return None
 
     async def recv(self, deadline: float) -> Any:
         raise NotImplementedError
@@ -220,8 +220,9 @@ class AsyncioChannel(Channel):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def spin(self, budget_s: float) -> bool:
-        """Busy-poll the pipe for up to ``budget_s`` without yielding; True if bytes arrived.
+    def spin(self, budget_s: float) -> bool | None:
+        """Busy-poll the pipe for up to ``budget_s`` without yielding; True if bytes arrived,
+        False if none did in time, ``None`` if it did not try (other tasks were ready).
 
         Parking in the event loop costs a sleep and a wake-up of the parent (an epoll wait,
         a callback, a task step); for a reply that comes back in microseconds that is most
@@ -229,7 +230,7 @@ class AsyncioChannel(Channel):
         recent round trips fit the budget (see ``WorkerConfig.spin_wait_us``).
         """
         if getattr(self._loop, "_ready", None):  # never hold up tasks that are ready to run
-            return False
+            return None
         poller = self._poller
         if poller is None:
             poller = self._poller = select.poll()

@@ -180,9 +180,11 @@ class WorkerConfig:
     row_flush_interval_s: float = 0.01
     spin_wait_us: float = 100.0
     """Busy-poll up to this long for the reply of a ``call`` before parking in the event
-    loop, for commands whose recent round trips fit (an average under half of it) and only
-    when no other task is ready to run. Cuts a no-op round trip roughly in half; costs at
-    most this much CPU per call. 0 disables it."""
+    loop, for commands whose recent round trips fit (a moving average under it) and only
+    when no other task is ready to run. A spin that times out (a contended core) backs off
+    exponentially: the next 2, 4, ... 1024 calls of that command do not spin. Cuts a no-op
+    round trip roughly in half (architecture/40-core-benchmarks.md); costs at most this
+    much CPU per call. 0 disables it."""
     name: str = "worker"
     expected_worker_name: str | None = None
 

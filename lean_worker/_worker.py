@@ -91,6 +91,17 @@ DEFAULT: Any = _Default()
 _KEPT_DIAGNOSTICS = 10_000
 
 
+class _SpinState:
+    """Per call command: moving-average round trip, and back-off after failed spins."""
+
+    __slots__ = ("rtt_s", "skip", "failures")
+
+    def __init__(self, rtt_s: float) -> None:
+        self.rtt_s = rtt_s
+        self.skip = 0
+        self.failures = 0
+
+
 class _FifoLock:
     """A FIFO lock whose uncontended acquire does not yield to the event loop.
 
@@ -275,8 +286,7 @@ class Worker:
         self._entered = False
         self._rss_at_kill = 0
         self._spin_s = config.spin_wait_us / 1e6
-        self._call_rtt: dict[str, float] = {}
-        """Moving average of each call command's round trip: decides whether to spin."""
+        self._spin: dict[str, _SpinState] = {}
         p = config.restart
         self._policy_active = any(
             v is not None for v in (p.max_requests, p.max_imports, p.idle_restart_s, p.rss_ceiling_bytes)
@@ -925,14 +935,27 @@ class Worker:
         async with self._lock:
             op = await self._begin(command, request, timeout, on_diagnostic, on_progress)
             try:
-                typical = self._call_rtt.get(command.name)
-                if typical is not None and typical < self._spin_s * 0.5:
-                    op.gen.channel.spin(self._spin_s)
+                spin = self._spin.get(command.name)
+                if spin is not None and spin.rtt_s < self._spin_s:
+                    if spin.skip:
+                        spin.skip -= 1
+                    else:
+                        spun = op.gen.channel.spin(self._spin_s)
+                        if spun is True:
+                            spin.failures = 0
+                        elif spun is False:
+                            # The reply did not come in time: the core may be contended, and
+                            # spinning would take it from the child. Back off exponentially.
+                            spin.failures = min(spin.failures + 1, 10)
+                            spin.skip = 2**spin.failures
                 while True:
                     frame = await self._next(op)
                     if isinstance(frame, Response):
                         rtt = op.gen.channel.now() - op.started
-                        self._call_rtt[command.name] = rtt if typical is None else 0.8 * typical + 0.2 * rtt
+                        if spin is None:
+                            self._spin[command.name] = _SpinState(rtt)
+                        else:
+                            spin.rtt_s = 0.8 * spin.rtt_s + 0.2 * rtt
                         self._finish(op, frame)
                         return self._decode(op, command.response_decoder, frame.payload, "response")  # type: ignore[no-any-return]
                     if isinstance(frame, Rows):

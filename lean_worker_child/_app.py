@@ -213,7 +213,12 @@ class _Server:
         with conn.lock:
             rows: dict[str, int] = {}
             if ctx is not None:
-                ctx._flush_all_locked()
+                try:
+                    ctx._flush_all_locked()
+                except FrameTooLarge as exc:
+                    ctx.deferred_error = ctx.deferred_error or exc
+                if ctx.deferred_error is not None and error is None:
+                    error, payload = _error(ctx.deferred_error), None
                 rows = ctx.row_counts()
             conn.active = None
             response = Response(

@@ -8,19 +8,24 @@ Threads in a child:
   delivers the row live;
 - a watchdog thread (see ``_boot``) that only wakes when the parent hangs up.
 
-All writes, and all row buffers, are guarded by one lock: a batch is encoded and written
-under the lock, so streams stay ordered, and a write that blocks because the parent reads
-slowly blocks ``emit`` too. That is the backpressure: the parent's memory stays bounded and
-no row is ever dropped.
+Rows are appended to a per-stream list without a lock (``list.append`` is atomic under the
+GIL) and encoded a whole batch per C call when the batch is flushed. A flush takes a batch
+with ``rows[:]`` and then ``del rows[:n]``, each atomic, so a row the handler appends in
+between stays for the next batch. Flushes and every other write happen under one lock, so
+batches of a stream go out in order; a write that blocks because the parent reads slowly
+blocks the handler's next flush too. That is the backpressure: the parent's memory stays
+bounded and no row is ever dropped. Measured on the development machine (bench/micro.py):
+appending costs ~0.1 us per row against ~0.45 us for encode-under-lock per row.
 """
 
 from __future__ import annotations
 
 import os
 import select
-import struct
 import threading
 import time
+from collections.abc import Iterable
+from itertools import islice
 from typing import Any, Literal
 
 import msgspec
@@ -148,29 +153,24 @@ class Connection:
             with self.lock:
                 self._flush_wanted.clear()
                 if self.active is not None:
-                    self.active._flush_all_locked()
+                    self.active._flush_stale()
 
 
 class _StreamBuffer:
-    __slots__ = ("name", "data", "count", "seq", "flush_rows", "flush_bytes")
+    __slots__ = ("name", "rows", "seq", "flush_rows", "max_rows", "target_bytes", "frame_limit")
 
     def __init__(self, name: str, conn: Connection) -> None:
         self.name = name
-        self.data = bytearray()
-        self.count = 0
+        self.rows: list[Any] = []
         self.seq = 0
-        self.flush_rows = conn.row_batch_rows
-        # Flush before a batch could outgrow the frame limit, so the per-row path needs
-        # only this one comparison; the oversize check runs once per batch.
-        self.flush_bytes = min(conn.row_batch_bytes, conn.max_frame_bytes - len(name) - _ROWS_FRAME_OVERHEAD)
-
-
-def _array_header(count: int) -> bytes:
-    if count < 16:
-        return bytes((0x90 | count,))
-    if count < 65536:
-        return struct.pack(">BH", 0xDC, count)
-    return struct.pack(">BI", 0xDD, count)
+        self.max_rows = conn.row_batch_rows
+        self.target_bytes = conn.row_batch_bytes
+        # Rows are held as objects until their batch is encoded, so the batch length adapts
+        # to the encoded row size seen so far (about ``row_batch_bytes`` a batch). The first
+        # batch is a single row: nothing is known about row sizes yet, and a first row too
+        # large for a frame then fails in the handler's own ``emit`` call.
+        self.flush_rows = 1
+        self.frame_limit = conn.max_frame_bytes - len(name) - _ROWS_FRAME_OVERHEAD
 
 
 _NO_STREAMS: dict[str, type] = {}
@@ -179,8 +179,8 @@ _NO_STREAMS: dict[str, type] = {}
 class RequestContext:
     """What a handler gets besides its request: rows, diagnostics, progress, cancellation."""
 
-    __slots__ = ("_conn", "request_id", "generation", "command", "_row_types", "_streams", "_row_encoder",
-                 "_cancelled", "_pending_progress", "_last_progress_at", "_last_phase", "_acquire", "_release")
+    __slots__ = ("_conn", "request_id", "generation", "command", "_row_types", "_streams",
+                 "_cancelled", "_pending_progress", "_last_progress_at", "_last_phase", "deferred_error")
 
     def __init__(self, conn: Connection, request: Request, command: Command) -> None:
         self._conn = conn
@@ -189,9 +189,8 @@ class RequestContext:
         self.command = command.name
         self._row_types = command.row_types if isinstance(command, Stream) else _NO_STREAMS
         self._streams: dict[str, _StreamBuffer] = {}
-        self._row_encoder = conn.row_encoder
-        self._acquire = conn.lock.acquire
-        self._release = conn.lock.release
+        self.deferred_error: FrameTooLarge | None = None
+        """A row the flusher thread could not send; raised to the handler at its next flush."""
         self._cancelled = False
         self._pending_progress: Progress | None = None
         self._last_progress_at = 0.0
@@ -200,27 +199,35 @@ class RequestContext:
     # -- rows ------------------------------------------------------------------------------
     def emit(self, row: Any, stream: str = DEFAULT_STREAM) -> None:
         """Send one row on ``stream``. Rows are batched; blocks while the parent is behind."""
-        # Bound acquire/release instead of ``with``: 113 ns against 220 ns per row here
-        # (2026-11-22, Python 3.11), a quarter of the whole per-row cost.
-        self._acquire()
         try:
-            buf = self._streams.get(stream)
-            if buf is None:
-                buf = self._open_stream(stream)
-            data = buf.data
-            before = len(data)
-            self._row_encoder.encode_into(row, data, -1)
-            buf.count += 1
-            if len(data) >= buf.flush_bytes or buf.count >= buf.flush_rows:
-                self._flush_full_locked(buf, before)
-            elif buf.count == 1:
-                self._conn.want_flush()
-        finally:
-            self._release()
+            buf = self._streams[stream]
+        except KeyError:
+            buf = self._open_stream(stream)
+        rows = buf.rows
+        rows.append(row)
+        count = len(rows)
+        if count >= buf.flush_rows:
+            self._flush(buf)
+        elif count == 1:
+            self._conn.want_flush()
 
-    def emit_many(self, rows: Any, stream: str = DEFAULT_STREAM) -> None:
-        for row in rows:
-            self.emit(row, stream)
+    def emit_many(self, rows: Iterable[Any], stream: str = DEFAULT_STREAM) -> None:
+        """Send every row of ``rows`` on ``stream``, in order (``emit`` in a loop, faster)."""
+        try:
+            buf = self._streams[stream]
+        except KeyError:
+            buf = self._open_stream(stream)
+        pending = buf.rows
+        iterator = iter(rows)
+        while True:
+            before = len(pending)
+            pending.extend(islice(iterator, max(1, buf.flush_rows - before)))
+            if len(pending) == before:
+                break
+            if len(pending) >= buf.flush_rows:
+                self._flush(buf)
+        if pending:
+            self._conn.want_flush()
 
     def _open_stream(self, stream: str) -> _StreamBuffer:
         if stream not in self._row_types:
@@ -230,44 +237,73 @@ class RequestContext:
         buf = self._streams[stream] = _StreamBuffer(stream, self._conn)
         return buf
 
-    def _flush_full_locked(self, buf: _StreamBuffer, before: int) -> None:
-        """Flush a full batch. If the last row pushed it past the frame limit, send the
-        batch without that row first; a single row over the limit is a typed error."""
-        limit = self._conn.max_frame_bytes - len(buf.name) - _ROWS_FRAME_OVERHEAD
-        if len(buf.data) > limit:
-            row = bytes(buf.data[before:])
-            del buf.data[before:]
-            buf.count -= 1
-            if len(row) > limit:
-                raise FrameTooLarge(len(row) + len(buf.name) + _ROWS_FRAME_OVERHEAD, self._conn.max_frame_bytes, "row")
+    def _flush(self, buf: _StreamBuffer) -> None:
+        """Flush from the handler's thread: errors go to the handler."""
+        with self._conn.lock:
             self._flush_locked(buf)
-            buf.data += row
-            buf.count = 1
-            if len(row) < buf.flush_bytes:
-                self._conn.want_flush()
-                return
-        self._flush_locked(buf)
+        self.raise_deferred()
+
+    def raise_deferred(self) -> None:
+        error, self.deferred_error = self.deferred_error, None
+        if error is not None:
+            raise error
 
     def _flush_locked(self, buf: _StreamBuffer) -> None:
-        if not buf.count:
+        rows = buf.rows
+        taken = rows[:]
+        if not taken:
             return
-        payload = _array_header(buf.count) + bytes(buf.data)
-        frame = Rows(self.request_id, self.generation, buf.name, buf.seq, buf.count, msgspec.Raw(payload))
-        buf.seq += buf.count
-        buf.count = 0
-        buf.data.clear()
-        self._conn.write_locked(self._conn.encoder.encode(frame))
+        del rows[: len(taken)]
+        self._send_locked(buf, taken)
+
+    def _send_locked(self, buf: _StreamBuffer, taken: list[Any]) -> None:
+        """Encode and write one batch; a batch over the frame limit is split in halves, and a
+        single row over it is dropped with ``FrameTooLarge`` after the others are sent."""
+        conn = self._conn
+        payload = conn.row_encoder.encode(taken)
+        if len(payload) > buf.frame_limit:
+            if len(taken) == 1:
+                raise FrameTooLarge(len(payload) + len(buf.name) + _ROWS_FRAME_OVERHEAD, conn.max_frame_bytes, "row")
+            middle = len(taken) // 2
+            error: FrameTooLarge | None = None
+            for half in (taken[:middle], taken[middle:]):
+                try:
+                    self._send_locked(buf, half)
+                except FrameTooLarge as exc:
+                    error = error or exc
+            buf.flush_rows = 1
+            if error is not None:
+                raise error
+            return
+        frame = Rows(self.request_id, self.generation, buf.name, buf.seq, len(taken), msgspec.Raw(payload))
+        buf.seq += len(taken)
+        conn.write_locked(conn.encoder.encode(frame))
+        per_row = max(1, len(payload) // len(taken))
+        buf.flush_rows = max(1, min(buf.max_rows, buf.target_bytes // per_row))
 
     def _flush_all_locked(self) -> None:
+        error: FrameTooLarge | None = None
         for buf in self._streams.values():
-            self._flush_locked(buf)
+            try:
+                self._flush_locked(buf)
+            except FrameTooLarge as exc:
+                error = error or exc
         if self._pending_progress is not None:
             frame, self._pending_progress = self._pending_progress, None
             self._last_progress_at = time.monotonic()
             self._conn.write_locked(self._conn.encoder.encode(frame))
+        if error is not None:
+            raise error
+
+    def _flush_stale(self) -> None:
+        """The flusher thread's flush (lock held): errors wait for the handler."""
+        try:
+            self._flush_all_locked()
+        except FrameTooLarge as exc:
+            self.deferred_error = self.deferred_error or exc
 
     def row_counts(self) -> dict[str, int]:
-        return {name: buf.seq + buf.count for name, buf in self._streams.items()}
+        return {name: buf.seq + len(buf.rows) for name, buf in self._streams.items()}
 
     # -- diagnostics and progress ----------------------------------------------------------
     def diagnostic(
@@ -284,6 +320,7 @@ class RequestContext:
         with self._conn.lock:
             self._flush_all_locked()
             self._conn.write_locked(data)
+        self.raise_deferred()
 
     def progress(self, phase: str, current: int, total: int | None = None) -> None:
         """Report progress. Updates closer together than the flush interval are coalesced
