@@ -3,9 +3,10 @@
 Two implementations behind one interface:
 
 - On asyncio the read end is registered once with ``loop.add_reader`` and a callback
-  fills the frame buffer; a request waits on a plain future. Measured on the development
-  machine (2 cores, Python 3.11, 2026-11-22), a no-op round trip costs ~22 us this way
-  against ~39 us with ``anyio.wait_readable`` per wait (raw blocking pipe: ~13 us).
+  fills the frame buffer; a request waits on a plain future. ``bench/micro.py`` measures
+  a pipe round trip both ways (``channel_add_reader_rtt_us`` against
+  ``channel_wait_readable_rtt_us``: 21.7 us against 58.4 us on the development machine,
+  see architecture/40-core-benchmarks.md).
   Reading pauses while more than ``HIGH_WATER`` bytes are buffered, so a slow consumer
   stops reading and the child blocks on its write: backpressure, bounded memory.
 - Elsewhere (trio) a request waits with ``anyio.wait_readable`` inside a cancel scope.
@@ -22,6 +23,7 @@ import math
 import os
 import select
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -54,6 +56,9 @@ class Channel:
         self.interrupted = False
         self.closed = False
         self._poller: select.poll | None = None
+        self.idle = True
+        """No request in flight: anything the child writes now is a protocol violation."""
+        self.on_unsolicited: Callable[[], None] | None = None
 
     # -- writing -----------------------------------------------------------------------------
     async def send(self, data: bytes | bytearray, deadline: float) -> None:
@@ -96,10 +101,6 @@ class Channel:
                 return
             self.reader.feed(data)
 
-    def poll(self) -> Any | None:
-        """The next buffered frame, without waiting."""
-        return self.reader.next()
-
     def idle_output(self) -> bool:
         """Whether the child wrote anything while no request was in flight."""
         return bool(self.reader.buffered)
@@ -131,8 +132,6 @@ class AsyncioChannel(Channel):
         self._reading = False
         self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
-        self.on_unsolicited: Any = None
-        self.idle = True
         self._resume()
 
     def _resume(self) -> None:
@@ -263,8 +262,6 @@ class GenericChannel(Channel):
     def __init__(self, read_fd: int, write_fd: int, max_frame_bytes: int) -> None:
         super().__init__(read_fd, write_fd, max_frame_bytes)
         self._scope: anyio.CancelScope | None = None
-        self.on_unsolicited: Any = None
-        self.idle = True
 
     async def recv(self, deadline: float) -> Any:
         reader = self.reader

@@ -69,10 +69,10 @@ class ExitInfo:
         return text
 
 
-_SIGNAL_CAUSES = {
-    signal.SIGSEGV: ExitCause.SIGSEGV,
-    signal.SIGABRT: ExitCause.SIGABRT,
-    signal.SIGBUS: ExitCause.SIGBUS,
+_SIGNAL_CAUSES: dict[int, ExitCause] = {
+    signal.SIGSEGV.value: ExitCause.SIGSEGV,
+    signal.SIGABRT.value: ExitCause.SIGABRT,
+    signal.SIGBUS.value: ExitCause.SIGBUS,
 }
 
 

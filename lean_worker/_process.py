@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import subprocess
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -91,7 +90,6 @@ class ChildProcess:
         env = config.env.build()
         env[BOOTSTRAP_ENV] = msgspec.json.encode(boot).decode()
         self.oom_kills_at_start = oom_kill_count()
-        self.spawned_at = time.monotonic()
         child_ends = (to_child_r, from_child_w, out_w, err_w)
         try:
             self.popen = subprocess.Popen(
@@ -123,11 +121,9 @@ class ChildProcess:
         self.stderr_tail = OutputTail(config.output_tail_bytes)
         self.exited = anyio.Event()
         self.returncode: int | None = None
-        self.exited_at: float | None = None
         self.kill_reason: str | None = None
         """Set when the supervisor ends the child on purpose (its reason code)."""
         self.graceful = False
-        self.cancel_scope: anyio.CancelScope | None = None
 
     # -- lifecycle tasks ---------------------------------------------------------------------
     async def run(self, on_exit: Callable[[ChildProcess], None]) -> None:
@@ -162,8 +158,7 @@ class ChildProcess:
         # failing sibling task) would otherwise cancel this reaper too, and the supervisor's
         # shielded cleanup would then wait forever on ``exited`` next to an unreaped zombie.
         # The supervisor always kills a child it stops caring about, so this ends.
-        with anyio.CancelScope(shield=True) as scope:
-            self.cancel_scope = scope
+        with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(drain, self._out_fd, self.stdout_tail, "stdout")
                 tg.start_soon(drain, self._err_fd, self.stderr_tail, "stderr")
@@ -172,7 +167,6 @@ class ChildProcess:
                 # yet. Take the rest of the group down before reaping.
                 self._signal_group(signal.SIGKILL)
                 self.returncode = self.popen.wait()
-                self.exited_at = time.monotonic()
                 with anyio.move_on_after(0.5):
                     await drains_done.wait()
                 tg.cancel_scope.cancel()

@@ -105,10 +105,10 @@ class _SpinState:
 class _FifoLock:
     """A FIFO lock whose uncontended acquire does not yield to the event loop.
 
-    ``anyio.Lock`` costs ~2.6 us per uncontended acquire/release on asyncio (measured
-    2026-11-22, 2 cores, Python 3.11), a sixth of a no-op round trip. Ownership is handed
-    directly to the next waiter on release, so the lock is fair and a waiter cancelled
-    after the hand-off passes it on.
+    ``anyio.Lock`` (even with fast_acquire) costs several times more per uncontended
+    acquire and release on asyncio (``bench/micro.py``: ``anyio_lock_ns`` against
+    ``fifo_lock_ns``). Ownership is handed directly to the next waiter on release, so the
+    lock is fair, and a waiter cancelled after the hand-off passes it on.
     """
 
     __slots__ = ("_locked", "_waiters")
@@ -211,7 +211,7 @@ class _Generation:
     """A child plus everything the supervisor tracks about it."""
 
     __slots__ = ("child", "channel", "hello", "served", "requests", "imports", "last_activity", "memory",
-                 "exit_info", "disposed", "first_request_done", "started_at", "baseline_rss")
+                 "exit_info", "disposed", "first_request_done", "baseline_rss")
 
     def __init__(self, child: ChildProcess, channel: Channel) -> None:
         self.child = child
@@ -225,7 +225,6 @@ class _Generation:
         self.exit_info: ExitInfo | None = None
         self.disposed = False
         self.first_request_done = False
-        self.started_at = time.monotonic()
         self.baseline_rss: int | None = None
         """Tree RSS right after the handshake (sampled only when an RSS ceiling is set)."""
 
@@ -444,32 +443,32 @@ class Worker:
             raise StartupTimeout(
                 f"worker {name} child did not complete its handshake; limit_s={self.config.startup_timeout_s}",
                 limit_s=self.config.startup_timeout_s,
-                exit=self._exit_of(gen),
+                exit=gen.exit_info,
             ) from None
         except (ChannelInterrupted, ChannelEOF):
             await gen.child.exited.wait()
-            raise StartupError(f"worker {name} child exited before its handshake", exit=self._exit_of(gen)) from None
+            raise StartupError(f"worker {name} child exited before its handshake", exit=gen.exit_info) from None
         except ProtocolError as exc:
             await gen.child.kill(RestartReason.STARTUP_FAILURE)
-            raise HandshakeError(f"worker {name} child sent a bad handshake: {exc}", exit=self._exit_of(gen)) from None
+            raise HandshakeError(f"worker {name} child sent a bad handshake: {exc}", exit=gen.exit_info) from None
         if not isinstance(frame, Hello):
             await gen.child.kill(RestartReason.STARTUP_FAILURE)
             raise HandshakeError(
-                f"worker {name} child spoke first with {type(frame).__name__}, expected Hello", exit=self._exit_of(gen)
+                f"worker {name} child spoke first with {type(frame).__name__}, expected Hello", exit=gen.exit_info
             )
         if frame.protocol_version != PROTOCOL_VERSION:
             await gen.child.kill(RestartReason.STARTUP_FAILURE)
             raise HandshakeError(
                 f"worker {name} protocol version mismatch; parent={PROTOCOL_VERSION} child={frame.protocol_version} "
                 f"child_worker={frame.worker_name} {frame.worker_version}: install matching lean-worker versions",
-                exit=self._exit_of(gen),
+                exit=gen.exit_info,
             )
         expected = self.config.expected_worker_name
         if expected is not None and frame.worker_name != expected:
             await gen.child.kill(RestartReason.STARTUP_FAILURE)
             raise HandshakeError(
                 f"worker {name} started the wrong child; expected={expected} got={frame.worker_name}",
-                exit=self._exit_of(gen),
+                exit=gen.exit_info,
             )
         welcome = Welcome(
             PROTOCOL_VERSION,
@@ -482,12 +481,9 @@ class Worker:
             await gen.channel.send(self._encoder.encode(welcome), deadline)
         except (ChannelTimeout, ChannelInterrupted, ChannelEOF):
             await gen.child.kill(RestartReason.STARTUP_FAILURE)
-            raise StartupError(f"worker {name} child did not take its Welcome", exit=self._exit_of(gen)) from None
+            raise StartupError(f"worker {name} child did not take its Welcome", exit=gen.exit_info) from None
         gen.channel.on_unsolicited = lambda: self._on_unsolicited(gen)
         return frame
-
-    def _exit_of(self, gen: _Generation) -> ExitInfo | None:
-        return gen.exit_info
 
     # -- child exit ------------------------------------------------------------------------------
     def _on_child_exit(self, child: ChildProcess) -> None:

@@ -40,7 +40,7 @@ def _fingerprint(kind: str, name: str, import_like: bool, types: Mapping[str, An
         "kind": kind,
         "name": name,
         "import_like": import_like,
-        "types": dict(zip(labels, schemas)),
+        "types": dict(zip(labels, schemas, strict=True)),
         "components": components,
     }
     digest = hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -38,7 +38,7 @@ class CommandInfo(msgspec.Struct, array_like=True, frozen=True):
     streams: tuple[str, ...] = ()
 
 
-class Hello(_Frame, tag="hello"):
+class Hello(_Frame, tag="hello", frozen=True):
     """First frame of every child: who it is and what it serves."""
 
     protocol_version: int
@@ -49,7 +49,7 @@ class Hello(_Frame, tag="hello"):
     max_frame_bytes: int
 
 
-class Welcome(_Frame, tag="welcome"):
+class Welcome(_Frame, tag="welcome", frozen=True):
     """The parent's answer to ``Hello``: settings for this generation."""
 
     protocol_version: int
@@ -59,7 +59,7 @@ class Welcome(_Frame, tag="welcome"):
     row_flush_interval_s: float
 
 
-class Request(_Frame, tag="req"):
+class Request(_Frame, tag="req", frozen=True):
     id: int
     generation: int
     command: str
@@ -75,7 +75,7 @@ class ErrorInfo(msgspec.Struct, array_like=True, frozen=True):
     traceback: str = ""
 
 
-class Response(_Frame, tag="resp"):
+class Response(_Frame, tag="resp", frozen=True):
     """Terminal frame of a request: success with a payload, or an error.
 
     For a streaming command the payload is the summary and ``rows`` holds the row count
@@ -91,7 +91,7 @@ class Response(_Frame, tag="resp"):
     write_stalls: int
 
 
-class Rows(_Frame, tag="rows"):
+class Rows(_Frame, tag="rows", frozen=True):
     """A batch of rows of one stream; ``seq`` is the index of the first row in the stream."""
 
     id: int
@@ -110,7 +110,7 @@ class Position(msgspec.Struct, array_like=True, frozen=True):
     file: str | None = None
 
 
-class Diagnostic(_Frame, tag="diag"):
+class Diagnostic(_Frame, tag="diag", frozen=True):
     id: int
     generation: int
     severity: Literal["error", "warning", "info", "hint"]
@@ -119,7 +119,7 @@ class Diagnostic(_Frame, tag="diag"):
     position: Position | None = None
 
 
-class Progress(_Frame, tag="prog"):
+class Progress(_Frame, tag="prog", frozen=True):
     id: int
     generation: int
     phase: str
@@ -127,12 +127,12 @@ class Progress(_Frame, tag="prog"):
     total: int | None = None
 
 
-class Cancel(_Frame, tag="cancel"):
+class Cancel(_Frame, tag="cancel", frozen=True):
     id: int
     generation: int
 
 
-class Shutdown(_Frame, tag="shutdown"):
+class Shutdown(_Frame, tag="shutdown", frozen=True):
     reason: str
 
 
