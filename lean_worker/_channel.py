@@ -5,8 +5,7 @@ Two implementations behind one interface:
 - On asyncio the read end is registered once with ``loop.add_reader`` and a callback
   fills the frame buffer; a request waits on a plain future. ``bench/micro.py`` measures
   a pipe round trip both ways (``channel_add_reader_rtt_us`` against
-  ``channel_wait_readable_rtt_us``: 21.7 us against 58.4 us on the development machine,
-  see architecture/40-core-benchmarks.md).
+  ``channel_wait_readable_rtt_us``; figures in architecture/40-core-benchmarks.md).
   Reading pauses while more than ``HIGH_WATER`` bytes are buffered, so a slow consumer
   stops reading and the child blocks on its write: backpressure, bounded memory.
 - Elsewhere (trio) a request waits with ``anyio.wait_readable`` inside a cancel scope.
@@ -228,7 +227,9 @@ class AsyncioChannel(Channel):
         of the round trip. Only ``Worker.call`` uses this, and only for commands whose
         recent round trips fit the budget (see ``WorkerConfig.spin_wait_us``).
         """
-        if getattr(self._loop, "_ready", None):  # never hold up tasks that are ready to run
+        # Never hold up tasks that are ready to run. Loops that do not expose their ready
+        # queue (uvloop) cannot be checked, so they never spin.
+        if getattr(self._loop, "_ready", True):
             return None
         poller = self._poller
         if poller is None:

@@ -193,8 +193,8 @@ class WorkerConfig:
         for name in ("startup_timeout_s", "cancel_grace_s", "shutdown_grace_s", "kill_grace_s", "row_flush_interval_s"):
             _positive(name, getattr(self, name))
         _positive("request_timeout_s", self.request_timeout_s)
-        if self.spin_wait_us < 0:
-            raise ValueError(f"spin_wait_us must be >= 0; got {self.spin_wait_us}")
+        if not 0 <= self.spin_wait_us <= 10_000:
+            raise ValueError(f"spin_wait_us must be within 0..10000 (a spin blocks the event loop); got {self.spin_wait_us}")
         if self.output_tail_bytes < 1024:
             raise ValueError("output_tail_bytes must be at least 1024")
         if self.row_batch_rows < 1 or self.row_batch_bytes < 1:

@@ -211,7 +211,7 @@ class _Generation:
     """A child plus everything the supervisor tracks about it."""
 
     __slots__ = ("child", "channel", "hello", "served", "requests", "imports", "last_activity", "memory",
-                 "exit_info", "disposed", "first_request_done", "baseline_rss")
+                 "exit_info", "disposed", "first_request_done", "born_over_ceiling")
 
     def __init__(self, child: ChildProcess, channel: Channel) -> None:
         self.child = child
@@ -225,8 +225,8 @@ class _Generation:
         self.exit_info: ExitInfo | None = None
         self.disposed = False
         self.first_request_done = False
-        self.baseline_rss: int | None = None
-        """Tree RSS right after the handshake (sampled only when an RSS ceiling is set)."""
+        self.born_over_ceiling = False
+        """Above the RSS ceiling (PSS-confirmed) right after its handshake: never cycled for it."""
 
 
 class _Op:
@@ -362,11 +362,11 @@ class Worker:
 
     def output_tail(self, stream: str = "stderr", max_lines: int = 40) -> str:
         """The last lines the current child wrote to ``stream`` ("stdout" or "stderr")."""
+        if stream not in ("stdout", "stderr"):  # checked first: a typo must not pass while no child runs
+            raise ValueError(f"stream must be 'stdout' or 'stderr'; got {stream!r}")
         gen = self._gen
         if gen is None:
             return ""
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr'; got {stream!r}")
         tail = gen.child.stdout_tail if stream == "stdout" else gen.child.stderr_tail
         return tail.text(max_lines)
 
@@ -429,7 +429,8 @@ class Worker:
         gen.hello = hello
         gen.served = {c.name: c for c in hello.commands}
         if self.policy.rss_ceiling_bytes is not None:
-            gen.baseline_rss = await anyio.to_thread.run_sync(gen.memory.rss)
+            over, _rss, _pss = await anyio.to_thread.run_sync(gen.memory.over, self.policy.rss_ceiling_bytes)
+            gen.born_over_ceiling = over
         self._stats.spawn_handshake_s = time.monotonic() - t0
         self._stats.first_request_s = None
         return gen
@@ -582,7 +583,7 @@ class Worker:
             if over:
                 # A child that was already above the ceiling when it started cannot be
                 # brought under it by cycling: replacing it would loop on every request.
-                if gen.requests and not (gen.baseline_rss is not None and gen.baseline_rss > policy.rss_ceiling_bytes):
+                if gen.requests and not gen.born_over_ceiling:
                     return RestartReason.RSS_CEILING
                 self._stats.rss_over_ceiling_when_fresh += 1
         return None
@@ -1141,6 +1142,10 @@ class StreamCall(Generic[RowT, SummaryT]):
         rows = self._rows
         if i < len(rows):
             self._i = i + 1
+            # Rows of a batch are handed out without waiting, so the deadline is checked
+            # here too (every 64 rows: a consumer slower than the child cannot outrun it).
+            if not i & 63 and self._op is not None and self._op.gen.channel.now() >= self._op.deadline:
+                raise await self._worker._timed_out(self._op)
             return rows[i]
         while True:
             event = await self._next_event()

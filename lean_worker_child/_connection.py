@@ -14,8 +14,8 @@ with ``rows[:]`` and then ``del rows[:n]``, each atomic, so a row the handler ap
 between stays for the next batch. Flushes and every other write happen under one lock, so
 batches of a stream go out in order; a write that blocks because the parent reads slowly
 blocks the handler's next flush too. That is the backpressure: the parent's memory stays
-bounded and no row is ever dropped. Measured on the development machine (bench/micro.py):
-appending costs ~0.1 us per row against ~0.45 us for encode-under-lock per row.
+bounded and no row is ever dropped. ``bench/micro.py`` measures both designs
+(``row_append_us`` against ``row_encode_under_lock_us``; architecture/40-core-benchmarks.md).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class _StreamBuffer:
         self.rows: list[Any] = []
         self.seq = 0
         self.max_rows = conn.row_batch_rows
-        self.target_bytes = conn.row_batch_bytes
+        self.target_bytes = min(conn.row_batch_bytes, conn.max_frame_bytes - len(name) - _ROWS_FRAME_OVERHEAD)
         # Rows are held as objects until their batch is encoded, so the batch length adapts
         # to the encoded row size seen so far (about ``row_batch_bytes`` a batch). The first
         # batch is a single row: nothing is known about row sizes yet, and a first row too
@@ -318,8 +318,10 @@ class RequestContext:
         frame = Diagnostic(self.request_id, self.generation, severity, code, message, position)
         data = self._conn.encoder.encode(frame)
         with self._conn.lock:
-            self._flush_all_locked()
-            self._conn.write_locked(data)
+            try:
+                self._flush_all_locked()
+            finally:  # an oversize row must not cost the diagnostic its frame
+                self._conn.write_locked(data)
         self.raise_deferred()
 
     def progress(self, phase: str, current: int, total: int | None = None) -> None:
