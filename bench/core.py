@@ -145,7 +145,7 @@ async def framework(samples: int, rows: int, cycles: int) -> dict[str, float]:
 
     config = WorkerConfig.for_module("lean_worker_child.demo")
     out: dict[str, float] = {}
-    async with Worker(config) as worker:
+    async def round_trips(worker: Worker) -> list[float]:
         for _ in range(samples // 5):
             await worker.call(ECHO, Echo())
         times = []
@@ -153,6 +153,10 @@ async def framework(samples: int, rows: int, cycles: int) -> dict[str, float]:
             t0 = time.perf_counter_ns()
             await worker.call(ECHO, Echo())
             times.append((time.perf_counter_ns() - t0) / 1000)
+        return times
+
+    async with Worker(config) as worker:
+        times = await round_trips(worker)
         out["rtt_p50_us"] = _percentile(times, 0.50)
         out["rtt_p99_us"] = _percentile(times, 0.99)
 
@@ -174,14 +178,7 @@ async def framework(samples: int, rows: int, cycles: int) -> dict[str, float]:
 
     # The same round trip with busy-polling off: every reply is awaited in the event loop.
     async with Worker(replace(config, spin_wait_us=0)) as worker:
-        for _ in range(samples // 5):
-            await worker.call(ECHO, Echo())
-        times = []
-        for _ in range(samples):
-            t0 = time.perf_counter_ns()
-            await worker.call(ECHO, Echo())
-            times.append((time.perf_counter_ns() - t0) / 1000)
-        out["rtt_nospin_p50_us"] = _percentile(times, 0.50)
+        out["rtt_nospin_p50_us"] = _percentile(await round_trips(worker), 0.50)
 
     cold = []
     for _ in range(cycles):

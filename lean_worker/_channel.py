@@ -104,6 +104,17 @@ class Channel:
         """Whether the child wrote anything while no request was in flight."""
         return bool(self.reader.buffered)
 
+    def _last_frame(self) -> Any:
+        """Once the child is gone (interrupted) or its pipe ended: a frame it wrote before
+        that, if any; otherwise the matching error."""
+        if self.interrupted:
+            self._read_available()
+            frame = self.reader.next()
+            if frame is not None:
+                return frame
+            raise ChannelInterrupted()
+        raise ChannelEOF()
+
     def now(self) -> float:
         """The event loop's clock (the clock deadlines are expressed in)."""
         return anyio.current_time()
@@ -194,14 +205,8 @@ class AsyncioChannel(Channel):
                     self._resume()
                 return frame
             self._resume()
-            if self.interrupted:
-                self._read_available()
-                frame = reader.next()
-                if frame is not None:
-                    return frame
-                raise ChannelInterrupted()
-            if self.eof:
-                raise ChannelEOF()
+            if self.interrupted or self.eof:
+                return self._last_frame()
             if self._loop.time() >= deadline:
                 raise ChannelTimeout()
             if deadline != self._deadline:
@@ -270,14 +275,8 @@ class GenericChannel(Channel):
             frame = reader.next()
             if frame is not None:
                 return frame
-            if self.interrupted:
-                self._read_available()
-                frame = reader.next()
-                if frame is not None:
-                    return frame
-                raise ChannelInterrupted()
-            if self.eof:
-                raise ChannelEOF()
+            if self.interrupted or self.eof:
+                return self._last_frame()
             try:
                 data = os.read(self.read_fd, _READ_CHUNK)
             except BlockingIOError:
