@@ -130,7 +130,7 @@ class ChildProcess:
         """Drain output until the child has exited and its pipes are closed, then reap it.
 
         Runs as a task in the worker's task group; ``on_exit`` is called once, after the
-        child is reaped and its stderr drained, and before the task ends.
+        child is reaped and its stderr drained, and before ``exited`` is set.
         """
         drains_done = anyio.Event()
         remaining = [2]
@@ -172,8 +172,8 @@ class ChildProcess:
                 tg.cancel_scope.cancel()
         for fd in (self._out_fd, self._err_fd, self.pidfd):
             os.close(fd)
+        on_exit(self)  # first: whoever waits on ``exited`` finds the exit facts in place
         self.exited.set()
-        on_exit(self)
 
     def close_protocol_fds(self) -> None:
         for fd in (self.write_fd, self.read_fd):
@@ -198,11 +198,10 @@ class ChildProcess:
         if self.returncode is None:
             self._signal_group(sig)
 
-    async def terminate(self, reason: str, *, kill_grace_s: float, graceful: bool = False) -> None:
+    async def terminate(self, reason: str, *, kill_grace_s: float) -> None:
         """SIGTERM the group, SIGKILL it after ``kill_grace_s``, and wait until reaped."""
         if self.kill_reason is None:
             self.kill_reason = reason
-            self.graceful = graceful
         if self.returncode is None:
             self.signal_group(signal.SIGTERM)
             with anyio.move_on_after(kill_grace_s):

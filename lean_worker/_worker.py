@@ -302,15 +302,15 @@ class Worker:
             if self.policy.idle_restart_s is not None or self.policy.rss_hard_limit_bytes is not None:
                 self._tg.start_soon(self._monitor)
             await self.start()
-        except BaseException as exc:
-            await self._teardown(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            await self._teardown()
             raise
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self._teardown(*exc_info)
+        await self._teardown()
 
-    async def _teardown(self, *exc_info: Any) -> None:
+    async def _teardown(self) -> None:
         # The task group holds only our own tasks (child runners, the monitor), which never
         # raise; the caller's exception is not passed in, so it propagates unwrapped instead
         # of inside an ExceptionGroup.
@@ -329,12 +329,12 @@ class Worker:
         """Stop the child gracefully; later requests raise ``WorkerClosed``."""
         async with self._lock:
             self._closed = True
-            return await self._stop("shutdown", graceful=True)
+            return await self._stop("shutdown")
 
     async def cycle(self) -> ShutdownReport:
         """Replace the child now (explicit restart): stop it gracefully, start a new one."""
         async with self._lock:
-            report = await self._stop(RestartReason.EXPLICIT, graceful=True)
+            report = await self._stop(RestartReason.EXPLICIT)
             await self._ensure_child(None)
             return report
 
@@ -554,7 +554,7 @@ class Worker:
         if gen is not None and self._policy_active:
             reason = await self._policy_reason(gen, command)
             if reason is not None:
-                await self._stop(reason, graceful=True)
+                await self._stop(reason)
                 gen = None
         if gen is None:
             gen = await self._spawn()
@@ -619,10 +619,10 @@ class Worker:
             ):
                 async with self._lock:
                     if self._gen is gen and self._op is None:
-                        await self._stop(RestartReason.IDLE, graceful=True)
+                        await self._stop(RestartReason.IDLE)
 
-    async def _stop(self, reason: str, *, graceful: bool) -> ShutdownReport:
-        """Stop the current child: Shutdown frame, then SIGTERM, then SIGKILL."""
+    async def _stop(self, reason: str) -> ShutdownReport:
+        """Stop the current child gracefully: Shutdown frame, then SIGTERM, then SIGKILL."""
         gen = self._gen
         started = time.monotonic()
         if gen is None:
@@ -632,7 +632,7 @@ class Worker:
         if child.alive:
             if child.kill_reason is None:
                 child.kill_reason = reason
-                child.graceful = graceful
+                child.graceful = True
             gen.channel.send_nowait(self._encoder.encode(Shutdown(str(reason))))
             step = "shutdown_frame"
             with anyio.move_on_after(self.config.shutdown_grace_s):
@@ -868,7 +868,7 @@ class Worker:
         elapsed = gen.channel.now() - op.started
         with anyio.CancelScope(shield=True):
             kept = False
-            if not self.policy.restart_on_timeout:
+            if not self.policy.restart_on_timeout and op.entered:  # never after a partial request frame
                 kept = await self._cancel_and_drain(op)
             if not kept:
                 await gen.child.terminate(RestartReason.REQUEST_TIMEOUT, kill_grace_s=self.config.kill_grace_s)
@@ -891,7 +891,8 @@ class Worker:
         gen = op.gen
         if gen.disposed or not gen.child.alive:
             return False
-        gen.channel.send_nowait(self._encoder.encode(Cancel(op.id, gen.child.generation)))
+        if not gen.channel.send_nowait(self._encoder.encode(Cancel(op.id, gen.child.generation))):
+            return False  # the child is not reading its pipe: it could not see a cancel anyway
         deadline = gen.channel.now() + self.config.cancel_grace_s
         while True:
             try:
