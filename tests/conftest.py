@@ -36,3 +36,11 @@ def child_config(module: str, *args: str, restart: RestartPolicy | None = None, 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def lean_toolchain():  # type: ignore[no-untyped-def]
+    """The provisioned test Lean toolchain (built once per machine into the cache)."""
+    from lean_worker_child.lean.provision import provision_test_toolchain
+
+    return provision_test_toolchain()
