@@ -128,3 +128,14 @@ def test_the_report_command_prints_json(lean_toolchain: ProvisionedToolchain) ->
     report = json.loads(out)
     assert report["source"] == "explicit" and report["version"] == "4.35.0"
     assert report["stdlib_present"] is False and report["library_dir"].endswith("lib/lean")
+
+
+def test_a_lean_that_hangs_is_a_typed_error_not_a_hang(
+    bare_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lean_worker_child.lean.toolchain as toolchain
+
+    monkeypatch.setattr(toolchain, "_TIMEOUT_S", 0.5)
+    sleeper = _executable(tmp_path / "lean", "#!/bin/sh\nexec sleep 30\n")
+    with pytest.raises(ToolchainError, match="did not answer within"):
+        resolve_toolchain(sleeper)

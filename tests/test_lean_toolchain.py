@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lean_worker_child.lean.provision import ProvisionedToolchain, provision_test_toolchain
 
 BASIC = """prelude
@@ -108,3 +110,12 @@ def test_a_dead_builders_leftovers_are_cleared_and_the_build_completes(tmp_path:
     assert again.lean == first.lean and again.version == "4.35.0"
     assert not leftover.exists()
     assert (final / "toolchain.json").is_file()
+
+
+def test_an_unwritable_cache_is_a_typed_error_naming_the_place(tmp_path: Path) -> None:
+    from lean_worker_child.lean.provision import ProvisionError
+
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    with pytest.raises(ProvisionError, match="cannot create the toolchain cache"):
+        provision_test_toolchain(blocked)

@@ -199,7 +199,10 @@ async def test_an_idle_child_is_retired_by_the_monitor_and_the_next_request_runs
             last_request_done = time.monotonic()
             assert worker.pid == pid
 
-            while worker.pid is not None:  # retired in the background, no request needed
+            # Retired in the background, no request needed. ``pid`` clears when the child is
+            # reaped; the exit is recorded (stats, last_exit) once its stderr is drained,
+            # up to half a second later, so wait for both.
+            while worker.pid is not None or worker.stats().last_exit is None:
                 await anyio.sleep(0.01)
         assert time.monotonic() - last_request_done >= idle * 0.9
         stats = worker.stats()

@@ -130,7 +130,10 @@ def provision_test_toolchain(cache: Path | None = None) -> ProvisionedToolchain:
     library_dir = _library_dir()
     key = _key(library_dir)
     root = (cache or cache_dir()) / "toolchains"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProvisionError(f"cannot create the toolchain cache {root}: {exc}; set LEAN_WORKER_CACHE") from exc
     final = root / f"lean-{key}"
     stamp = final / "toolchain.json"
     if stamp.is_file():

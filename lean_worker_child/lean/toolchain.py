@@ -31,7 +31,7 @@ from .provision import _VERSION_RE, ProvisionError, provision_test_toolchain
 
 LEAN_ENV = "LEAN_WORKER_LEAN"
 LAKEFILES = ("lakefile.lean", "lakefile.toml")
-_TIMEOUT_S = 60
+_TIMEOUT_S = 60.0
 
 
 class ToolchainError(RuntimeError):
@@ -58,7 +58,12 @@ class Toolchain:
 
 
 def _run(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, env=env, cwd=cwd)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        raise ToolchainError(f"`{' '.join(argv)}` did not answer within {_TIMEOUT_S} s") from None
+    except OSError as exc:
+        raise ToolchainError(f"`{' '.join(argv)}` could not run: {exc}") from None
     if result.returncode != 0:
         raise ToolchainError(f"`{' '.join(argv)}` failed with status {result.returncode}: {result.stderr.strip()[:500]}")
     return result.stdout.strip()
