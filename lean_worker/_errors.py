@@ -11,7 +11,12 @@
         ├── SchemaMismatch               worker.schema_mismatch        nothing was sent
         ├── RemoteError                  worker.handler_error          the handler raised
         │   ├── UnknownCommand           worker.unknown_command
-        │   └── BadRequest               worker.bad_request
+        │   ├── BadRequest               worker.bad_request
+        │   └── LeanError                lean.error                    the Lean capability failed
+        │       ├── LeanCrashed          lean.crashed                  a Lean process died
+        │       ├── LeanTimeout          lean.timeout                  past the check's own deadline
+        │       ├── LeanHeaderError      lean.bad_header
+        │       └── ToolchainNotFound    lean.toolchain_not_found
         ├── RequestCancelled             worker.cancelled
         ├── ResponseDecodeError          worker.bad_response
         ├── RequestTimeout               worker.request_timeout        child replaced
@@ -147,6 +152,37 @@ class UnknownCommand(RemoteError):
 
 class BadRequest(RemoteError):
     code = "worker.bad_request"
+
+
+class LeanError(RemoteError):
+    """The Lean capability failed on this request; the worker lives on.
+
+    ``remote_message`` carries the facts (for a crash: ``cause=worker.exit.<signal>``,
+    the return code and what Lean printed before it died)."""
+
+    code = "lean.error"
+
+
+class LeanCrashed(LeanError):
+    code = "lean.crashed"
+
+
+class LeanTimeout(LeanError):
+    code = "lean.timeout"
+
+
+class LeanHeaderError(LeanError):
+    code = "lean.bad_header"
+
+
+class ToolchainNotFound(LeanError):
+    code = "lean.toolchain_not_found"
+
+
+REMOTE_ERRORS: dict[str, type[RemoteError]] = {
+    cls.code: cls
+    for cls in (UnknownCommand, BadRequest, LeanError, LeanCrashed, LeanTimeout, LeanHeaderError, ToolchainNotFound)
+}
 
 
 class RequestCancelled(RequestError):

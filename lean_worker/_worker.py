@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -44,13 +44,13 @@ from lean_worker_protocol import (
 from ._channel import Channel, ChannelEOF, ChannelInterrupted, ChannelTimeout, open_channel
 from ._config import RestartPolicy, RestartReason, WorkerConfig
 from ._errors import (
-    BadRequest,
     ChannelClosed,
     CorruptStream,
     HandshakeError,
     MemoryLimitExceeded,
     OversizeFrame,
     ProtocolViolation,
+    REMOTE_ERRORS,
     RemoteError,
     RequestCancelled,
     RequestError,
@@ -63,7 +63,6 @@ from ._errors import (
     StartupError,
     StartupTimeout,
     UnexpectedFrame,
-    UnknownCommand,
     WorkerClosed,
     WorkerCrashed,
 )
@@ -211,7 +210,7 @@ class _Generation:
     """A child plus everything the supervisor tracks about it."""
 
     __slots__ = ("child", "channel", "hello", "served", "requests", "imports", "last_activity", "memory",
-                 "exit_info", "disposed", "first_request_done", "born_over_ceiling")
+                 "exit_info", "disposed", "first_request_done", "born_over_ceiling", "warm_keys")
 
     def __init__(self, child: ChildProcess, channel: Channel) -> None:
         self.child = child
@@ -227,17 +226,21 @@ class _Generation:
         self.first_request_done = False
         self.born_over_ceiling = False
         """Above the RSS ceiling (PSS-confirmed) right after its handshake: never cycled for it."""
+        self.warm_keys: set[Hashable] = set()
+        """Session keys this child has served: a request needing only these is no import."""
 
 
 class _Op:
     """One request in flight."""
 
     __slots__ = ("command", "id", "gen", "deadline", "limit_s", "started", "entered", "rows", "counts",
-                 "on_diagnostic", "on_progress", "diagnostics", "diagnostics_overflow", "done")
+                 "on_diagnostic", "on_progress", "diagnostics", "diagnostics_overflow", "done", "keys")
 
     def __init__(self, command: Any, rid: int, gen: _Generation, limit_s: float | None,
-                 on_diagnostic: DiagnosticCallback | None, on_progress: ProgressCallback | None) -> None:
+                 on_diagnostic: DiagnosticCallback | None, on_progress: ProgressCallback | None,
+                 keys: frozenset[Hashable] | None = None) -> None:
         self.command = command
+        self.keys = keys
         self.id = rid
         self.gen = gen
         self.started = gen.channel.now()
@@ -541,7 +544,7 @@ class Worker:
             gen.child.signal_group(signal.SIGKILL)
 
     # -- policy ----------------------------------------------------------------------------------
-    async def _ensure_child(self, command: Any) -> _Generation:
+    async def _ensure_child(self, command: Any, keys: frozenset[Hashable] | None = None) -> _Generation:
         if self._closed:
             raise WorkerClosed(f"worker {self.config.name} is closed")
         gen = self._gen
@@ -552,7 +555,7 @@ class Worker:
             self._dispose(gen)
             gen = None
         if gen is not None and self._policy_active:
-            reason = await self._policy_reason(gen, command)
+            reason = await self._policy_reason(gen, command, keys)
             if reason is not None:
                 await self._stop(reason)
                 gen = None
@@ -560,7 +563,9 @@ class Worker:
             gen = await self._spawn()
         return gen
 
-    async def _policy_reason(self, gen: _Generation, command: Any) -> RestartReason | None:
+    async def _policy_reason(
+        self, gen: _Generation, command: Any, keys: frozenset[Hashable] | None
+    ) -> RestartReason | None:
         policy = self.policy
         if policy.max_requests is not None and gen.requests >= policy.max_requests:
             return RestartReason.MAX_REQUESTS
@@ -569,6 +574,7 @@ class Worker:
             and command.import_like
             and policy.max_imports is not None
             and gen.imports >= policy.max_imports
+            and (keys is None or not keys <= gen.warm_keys)
         ):
             return RestartReason.MAX_IMPORTS
         if (
@@ -657,6 +663,7 @@ class Worker:
         on_diagnostic: DiagnosticCallback | None,
         on_progress: ProgressCallback | None,
     ) -> _Op:
+        keys = None if command.session_keys is None else frozenset(command.session_keys(request))
         gen = self._gen
         if (
             gen is None
@@ -666,7 +673,7 @@ class Worker:
             or gen.channel.idle_output()
             or self._closed
         ):
-            gen = await self._ensure_child(command)
+            gen = await self._ensure_child(command, keys)
         info = gen.served.get(command.name)
         if info is None or info.fingerprint != command.fingerprint or info.kind != command.kind:
             served = "not served" if info is None else f"fingerprint={info.fingerprint} kind={info.kind}"
@@ -690,7 +697,7 @@ class Worker:
                 request_id=rid,
                 generation=gen.child.generation,
             ) from None
-        op = _Op(command, rid, gen, limit, on_diagnostic, on_progress)
+        op = _Op(command, rid, gen, limit, on_diagnostic, on_progress, keys)
         self._op = op
         gen.channel.idle = False
         try:
@@ -754,9 +761,11 @@ class Worker:
         gen = op.gen
         gen.requests += 1
         self._stats.requests += 1
-        if op.command.import_like:
-            gen.imports += 1
-            self._stats.imports += 1
+        charged = frame.imports if frame.imports >= 0 else int(op.command.import_like)
+        gen.imports += charged
+        self._stats.imports += charged
+        if op.keys:
+            gen.warm_keys.update(op.keys)
         self._stats.backpressure_waits += frame.write_stalls
         if not gen.first_request_done:
             gen.first_request_done = True
@@ -771,10 +780,7 @@ class Worker:
         error = frame.error
         if error is None:
             return
-        cls = {
-            "worker.unknown_command": UnknownCommand,
-            "worker.bad_request": BadRequest,
-        }.get(error.code, RemoteError)
+        cls = REMOTE_ERRORS.get(error.code, RemoteError)
         if error.code == "worker.cancelled":
             raise RequestCancelled(
                 f"{op.command.name}: cancelled; request_id={op.id}",

@@ -59,6 +59,32 @@ def _demo(args: argparse.Namespace) -> int:
     return anyio.run(run)
 
 
+def _toolchain(args: argparse.Namespace) -> int:
+    """Ask the Lean worker child which toolchain it resolved (the parent never runs Lean)."""
+    import msgspec
+
+    from .lean import TOOLCHAIN, ToolchainQuery, lean_config
+
+    async def run() -> int:
+        config = lean_config(lean=args.lean, project=args.project, search_path=args.search_path)
+        async with Worker(config) as worker:
+            report = await worker.call(TOOLCHAIN, ToolchainQuery())
+        if args.json:
+            print(msgspec.json.encode(report).decode())
+            return 0
+        print(f"lean:            {report.lean}")
+        print(f"found by:        {report.source}")
+        print(f"version:         {report.version}")
+        print(f"commit:          {report.commit or '-'}")
+        print(f"prefix:          {report.prefix or '-'}")
+        stdlib = "present" if report.stdlib_present else "absent (Init.olean missing: prelude files only)"
+        print(f"standard library: {stdlib}")
+        print(f"search path:     {', '.join(report.search_path) or '-'}")
+        return 0
+
+    return anyio.run(run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lean-worker", description="Supervised worker processes for Lean 4 work.")
     parser.add_argument("--version", action="version", version=f"lean-worker {__version__}")
@@ -67,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--below", type=int, default=200, help="stream the primes below this bound (default 200)")
     demo.add_argument("--show", type=int, default=10, help="print this many rows (default 10)")
     demo.set_defaults(func=_demo)
+    tc = sub.add_parser("toolchain", help="report the Lean toolchain the Lean worker resolves")
+    tc.add_argument("--lean", help="an explicit lean executable (else $LEAN_WORKER_LEAN, lake env, PATH, test toolchain)")
+    tc.add_argument("--project", help="a Lake project directory (default: the working directory)")
+    tc.add_argument("--search-path", action="append", default=[], help="a directory of .olean files (repeatable)")
+    tc.add_argument("--json", action="store_true", help="print the report as JSON")
+    tc.set_defaults(func=_toolchain)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:

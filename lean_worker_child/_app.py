@@ -229,6 +229,7 @@ class _Server:
                 rows,
                 time.perf_counter() - started,
                 conn.stalls - stalls_before,
+                -1 if ctx is None else ctx.imports,
             )
             try:
                 data = conn.encoder.encode(response)

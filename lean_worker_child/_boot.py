@@ -118,7 +118,7 @@ def start_watchdog(read_fd: int) -> threading.Thread:
     return thread
 
 
-def _pdeathsig_preexec() -> None:  # runs in the forked grandchild before exec
+def pdeathsig_preexec() -> None:  # runs in the forked grandchild before exec
     _prctl_pdeathsig(signal.SIGKILL)
 
 
@@ -131,4 +131,4 @@ def popen_kwargs() -> dict[str, object]:
     supervisor replaces the child; these arguments cover the case where nobody is left to
     kill the group.
     """
-    return {"preexec_fn": _pdeathsig_preexec}
+    return {"preexec_fn": pdeathsig_preexec}

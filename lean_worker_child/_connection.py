@@ -180,7 +180,8 @@ class RequestContext:
     """What a handler gets besides its request: rows, diagnostics, progress, cancellation."""
 
     __slots__ = ("_conn", "request_id", "generation", "command", "_row_types", "_streams",
-                 "_cancelled", "_pending_progress", "_last_progress_at", "_last_phase", "deferred_error")
+                 "_cancelled", "_pending_progress", "_last_progress_at", "_last_phase", "deferred_error",
+                 "imports")
 
     def __init__(self, conn: Connection, request: Request, command: Command) -> None:
         self._conn = conn
@@ -195,6 +196,20 @@ class RequestContext:
         self._pending_progress: Progress | None = None
         self._last_progress_at = 0.0
         self._last_phase: str | None = None
+        self.imports = -1
+        """Fresh imports charged so far; -1 until ``charge_imports`` is called."""
+
+    # -- imports -----------------------------------------------------------------------------
+    def charge_imports(self, count: int = 1) -> None:
+        """Report ``count`` fresh imports (environments loaded) performed by this request.
+
+        Call it with 0 for a request that reused a warm session. The parent counts the
+        total against ``max_imports``; a handler that never calls it is charged one import
+        if its command is ``import_like`` and none otherwise.
+        """
+        if count < 0:
+            raise ValueError(f"charge_imports takes a count >= 0; got {count}")
+        self.imports = max(self.imports, 0) + count
 
     # -- rows ------------------------------------------------------------------------------
     def emit(self, row: Any, stream: str = DEFAULT_STREAM) -> None:

@@ -18,7 +18,7 @@ different versions of the declarations are caught before a request is sent.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
@@ -47,10 +47,21 @@ def _fingerprint(kind: str, name: str, import_like: bool, types: Mapping[str, An
     return digest[:16]
 
 
+SessionKeys = Callable[[Any], Iterable[Hashable]]
+"""Maps a request to the session keys it needs (see ``Call``)."""
+
+
 class _Command:
     kind: str
     name: str
     import_like: bool
+    session_keys: SessionKeys | None
+
+    def _init_import(self, import_like: bool, session_keys: SessionKeys | None) -> None:
+        if session_keys is not None and not callable(session_keys):
+            raise TypeError(f"session_keys must be callable; got {session_keys!r}")
+        self.import_like = import_like or session_keys is not None
+        self.session_keys = session_keys
 
     def _check_name(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -58,15 +69,32 @@ class _Command:
 
 
 class Call(_Command, Generic[ReqT, RespT]):
-    """A request/response command: one request in, one response out."""
+    """A request/response command: one request in, one response out.
+
+    ``import_like`` marks a command that may load an environment (a Lean ``import``): the
+    parent's ``max_imports`` policy applies to it. ``session_keys`` refines that: it maps a
+    request to the keys of the sessions it needs (for Lean, the ordered imports of the
+    snippet's header). A request whose keys this child has already served is a warm hit and
+    never triggers a ``max_imports`` cycle; the child itself reports how many imports a
+    request really performed (``RequestContext.charge_imports``). ``session_keys`` runs in
+    the parent and is not part of the schema fingerprint; it implies ``import_like``.
+    """
 
     kind = "call"
 
-    def __init__(self, name: str, *, request: type[ReqT], response: type[RespT], import_like: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        request: type[ReqT],
+        response: type[RespT],
+        import_like: bool = False,
+        session_keys: SessionKeys | None = None,
+    ) -> None:
         self.name = name
         self.request = request
         self.response = response
-        self.import_like = import_like
+        self._init_import(import_like, session_keys)
         self._check_name()
 
     @cached_property
@@ -94,7 +122,8 @@ class Stream(_Command, Generic[ReqT, RowT, SummaryT]):
 
     ``row`` is the row type of the single default stream (named ``"rows"``). A command with
     several named streams passes ``streams={"decls": Decl, "errors": Failure}`` instead; rows
-    are then delivered in order within each stream.
+    are then delivered in order within each stream. ``import_like`` and ``session_keys`` are
+    as for ``Call``.
     """
 
     kind = "stream"
@@ -108,6 +137,7 @@ class Stream(_Command, Generic[ReqT, RowT, SummaryT]):
         row: type[RowT] | None = None,
         streams: Mapping[str, type] | None = None,
         import_like: bool = False,
+        session_keys: SessionKeys | None = None,
     ) -> None:
         if (row is None) == (streams is None):
             raise ValueError("Stream needs exactly one of row= (single stream) or streams= (named streams)")
@@ -117,7 +147,7 @@ class Stream(_Command, Generic[ReqT, RowT, SummaryT]):
         self.row_types: dict[str, type] = {DEFAULT_STREAM: row} if row is not None else dict(streams or {})
         if not self.row_types:
             raise ValueError("Stream needs at least one row stream")
-        self.import_like = import_like
+        self._init_import(import_like, session_keys)
         self._check_name()
 
     @property

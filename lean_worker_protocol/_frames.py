@@ -89,6 +89,10 @@ class Response(_Frame, tag="resp", frozen=True):
     rows: dict[str, int]
     elapsed_s: float
     write_stalls: int
+    imports: int = -1
+    """Fresh imports the request performed, as the handler charged them
+    (``RequestContext.charge_imports``); -1 when it did not say, and then the parent charges
+    one import for an ``import_like`` command and none otherwise."""
 
 
 class Rows(_Frame, tag="rows", frozen=True):

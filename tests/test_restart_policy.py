@@ -14,6 +14,7 @@ from children.workload import (
     EXIT,
     FAIL,
     HOLD,
+    KEYED_LOAD,
     LOAD,
     SLEEP,
     SLEEP_IGNORING_CANCEL,
@@ -89,6 +90,28 @@ async def test_max_requests_cycles_before_request_n_plus_one_and_not_before_n() 
         stats = worker.stats()
         assert stats.restarts == {"max_requests": 2}
         assert stats.requests == 7
+
+
+async def test_max_imports_with_session_keys_spares_warm_hits() -> None:
+    """A request whose session key this child already served is no import: at the limit it
+    runs on the same child; only a fresh key cycles. The child's own charge is what counts."""
+    async with Worker(workload(RestartPolicy(max_imports=2))) as worker:
+        with anyio.fail_after(30):
+            assert await worker.call(KEYED_LOAD, Load("A")) == 1
+            assert await worker.call(KEYED_LOAD, Load("B")) == 2
+            for _ in range(3):  # warm hits at the limit: no cycle, no charge
+                assert await worker.call(KEYED_LOAD, Load("A")) == 2
+            assert worker.generation == 1
+            assert worker.stats().imports_this_generation == 2
+            assert worker.stats().restarts == {}
+
+            assert await worker.call(KEYED_LOAD, Load("C")) == 1  # fresh key at the limit: a new child
+            assert worker.generation == 2
+            # The new child has not served "A": that is a fresh import there.
+            assert await worker.call(KEYED_LOAD, Load("A")) == 2
+        stats = worker.stats()
+        assert stats.restarts == {"max_imports": 1}
+        assert (stats.imports, stats.imports_this_generation, stats.requests) == (4, 2, 7)
 
 
 async def test_max_imports_counts_only_import_like_requests() -> None:

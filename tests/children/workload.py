@@ -113,6 +113,9 @@ FLOOD = Stream("flood", request=FloodRequest, row=Row, summary=RowsSummary)
 """Write ``total_bytes`` to stderr in chunks, one row per chunk, then a last line with the marker."""
 LOAD = Call("load", request=Load, response=int, import_like=True)
 """An import-like command (what a Lean ``import`` is to the restart policy); returns this process's load count."""
+KEYED_LOAD = Call("keyed_load", request=Load, response=int, session_keys=lambda req: [req.name])
+"""Like a Lean check: loads ``name`` once per process and reuses it after; charges the
+import only when it really loads. Returns this process's load count."""
 HOLD = Call("hold", request=Hold, response=int)
 """Allocate ``mib`` MiB, touch every page and keep it; returns the MiB held in total."""
 SLEEP = Call("sleep", request=Sleep, response=float)
@@ -218,6 +221,22 @@ def load(request: Load, ctx: RequestContext) -> int:
     global _loads
     _count_request()
     _loads += 1
+    return _loads
+
+
+_loaded: set[str] = set()
+
+
+@app.handler(KEYED_LOAD)
+def keyed_load(request: Load, ctx: RequestContext) -> int:
+    global _loads
+    _count_request()
+    if request.name in _loaded:
+        ctx.charge_imports(0)
+    else:
+        _loaded.add(request.name)
+        _loads += 1
+        ctx.charge_imports(1)
     return _loads
 
 

@@ -1,0 +1,284 @@
+"""Engines that check snippets with a real Lean, and the sessions the warm one keeps.
+
+- ``WarmEngine``: one ``lean --worker`` process per session (header), kept alive between
+  checks. The header is imported once; each check replaces the document's body.
+- ``ColdEngine``: one ``lean --json --stdin`` process per check. The baseline, and the
+  fallback for a snippet whose header cannot be parsed.
+
+Both return ``CheckResult`` with positions relative to the caller's snippet.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+import subprocess
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from lean_worker_protocol._exit import classify
+from lean_worker_protocol.lean import CheckResult, Header, HeaderError, Message, Pos, parse_header
+
+from .._boot import pdeathsig_preexec
+from .errors import LeanCrashed, LeanTimeout
+from .lsp import FileWorker, _death_detail
+
+_SEVERITY = {1: "error", 2: "warning", 3: "information", 4: "information"}
+_SORRY_TEXT = "declaration uses 'sorry'"
+_HEARTBEATS = "maxHeartbeats"
+_MEMORY = "memory limit"
+
+
+# -- positions --------------------------------------------------------------------------------
+
+
+class _Lines:
+    """Offsets (in code points) of line starts, for line/column <-> offset conversion."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n")]
+
+    def offset_of_utf16(self, line0: int, char16: int) -> int:
+        """Offset of an LSP position (0-based line, UTF-16 code units)."""
+        if line0 >= len(self.starts):
+            return len(self.text)
+        start = self.starts[line0]
+        end = self.starts[line0 + 1] - 1 if line0 + 1 < len(self.starts) else len(self.text)
+        units = 0
+        i = start
+        while i < end and units < char16:
+            units += 2 if ord(self.text[i]) > 0xFFFF else 1
+            i += 1
+        return i
+
+    def pos(self, offset: int) -> Pos:
+        line0 = bisect.bisect_right(self.starts, offset) - 1
+        return Pos(line0 + 1, offset - self.starts[line0])
+
+
+def _kind(raw: str | None) -> str:
+    if not raw or raw == "[anonymous]":
+        return ""
+    return raw.removesuffix("._namedError")
+
+
+def _verdict(messages: list[Message]) -> tuple[str, list[Pos], str | None]:
+    sorries = [m.pos for m in messages if m.severity == "warning" and _SORRY_TEXT in m.text]
+    limit = None
+    for m in messages:
+        if m.severity == "error":
+            if _HEARTBEATS in m.text:
+                limit = "heartbeats"
+            elif _MEMORY in m.text:
+                limit = limit or "memory"
+    if any(m.severity == "error" for m in messages):
+        return "errors", sorries, limit
+    return ("sorry" if sorries else "ok"), sorries, limit
+
+
+def _result(
+    id: str, messages: list[Message], started: float, header: Header | None, session: str
+) -> CheckResult:
+    verdict, sorries, limit = _verdict(messages)
+    return CheckResult(
+        id=id,
+        verdict=verdict,  # type: ignore[arg-type]
+        messages=messages,
+        sorries=sorries,
+        elapsed_ms=(time.perf_counter() - started) * 1e3,
+        imports=list(header.modules) if header is not None else [],
+        session=session,  # type: ignore[arg-type]
+        limit=limit,  # type: ignore[arg-type]
+    )
+
+
+# -- warm ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    key: tuple[str, ...]
+    worker: FileWorker
+    checks: int = 0
+
+
+class WarmEngine:
+    """Sessions keyed by header, each a ``lean --worker`` process; least recently used first out.
+
+    A session's document is ``canonical header + body``: every snippet with the same header
+    key reuses the same imported environment, whatever comments or spacing its own header
+    has. Positions are mapped back to the caller's text.
+    """
+
+    def __init__(
+        self,
+        lean: str,
+        *,
+        env: Mapping[str, str],
+        max_sessions: int = 8,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1; got {max_sessions}")
+        self.lean = lean
+        self.env = dict(env)
+        self.max_sessions = max_sessions
+        self.extra_args = tuple(extra_args)
+        self.sessions: OrderedDict[tuple[str, ...], Session] = OrderedDict()
+        self._dir = tempfile.mkdtemp(prefix="lean-worker-sessions-")
+        self._names = itertools.count(1)
+        self.imports = 0
+
+    def session_pids(self) -> list[int]:
+        return [s.worker.pid for s in self.sessions.values()]
+
+    def _open(self, key: tuple[str, ...]) -> Session:
+        while len(self.sessions) >= self.max_sessions:
+            _, old = self.sessions.popitem(last=False)
+            old.worker.close()
+        uri = f"file://{self._dir}/Session{next(self._names)}.lean"
+        worker = FileWorker(self.lean, uri=uri, cwd=self._dir, env=self.env, extra_args=self.extra_args)
+        session = self.sessions[key] = Session(key, worker)
+        self.imports += 1
+        return session
+
+    def drop(self, key: tuple[str, ...]) -> None:
+        session = self.sessions.pop(key, None)
+        if session is not None:
+            session.worker.close()
+
+    def check(self, code: str, *, id: str = "", header: Header, timeout_s: float | None) -> tuple[CheckResult, bool]:
+        """Check ``code``; return the result and whether a session was opened (an import)."""
+        started = time.perf_counter()
+        key = header.key()
+        session = self.sessions.get(key)
+        fresh = session is None or not session.worker.alive
+        if session is not None and fresh:
+            self.drop(key)
+        if fresh:
+            session = self._open(key)
+        else:
+            self.sessions.move_to_end(key)
+        assert session is not None
+        canonical = header.canonical()
+        doc = canonical + code[header.end:]
+        try:
+            raw = session.worker.check(doc, timeout_s=timeout_s)
+        except (LeanCrashed, LeanTimeout):
+            self.drop(key)
+            raise
+        session.checks += 1
+        messages = self._messages(raw, code, doc, header, len(canonical))
+        return _result(id, messages, started, header, "import" if fresh else "warm"), fresh
+
+    @staticmethod
+    def _messages(raw: list[dict[str, Any]], code: str, doc: str, header: Header, head_len: int) -> list[Message]:
+        user = _Lines(code)
+        lines = _Lines(doc)
+
+        def to_user(p: dict[str, Any]) -> Pos:
+            off = lines.offset_of_utf16(p["line"], p["character"])
+            if off >= head_len:
+                return user.pos(off - head_len + header.end)
+            # Inside the canonical header: line k is header item k.
+            k = min(p["line"], len(header.offsets) - 1)
+            return user.pos(header.offsets[k] if k >= 0 else 0)
+
+        out = []
+        for d in raw:
+            rng = d.get("fullRange") or d["range"]
+            out.append(
+                Message(
+                    severity=_SEVERITY.get(d.get("severity", 1), "error"),  # type: ignore[arg-type]
+                    pos=to_user(rng["start"]),
+                    end_pos=to_user(rng["end"]),
+                    text=d.get("message", ""),
+                    kind=_kind(d.get("code") if isinstance(d.get("code"), str) else None),
+                )
+            )
+        out.sort(key=lambda m: (m.pos.line, m.pos.column))
+        return out
+
+    def close(self) -> None:
+        for key in list(self.sessions):
+            self.drop(key)
+        try:
+            os.rmdir(self._dir)
+        except OSError:
+            pass
+
+
+# -- cold ---------------------------------------------------------------------------------------
+
+
+class ColdEngine:
+    """One ``lean --json --stdin`` process per check."""
+
+    def __init__(self, lean: str, *, env: Mapping[str, str], extra_args: Sequence[str] = ()) -> None:
+        self.lean = lean
+        self.env = dict(env)
+        self.extra_args = tuple(extra_args)
+        self.pids: set[int] = set()
+
+    def check(self, code: str, *, id: str = "", timeout_s: float | None) -> CheckResult:
+        started = time.perf_counter()
+        try:
+            header: Header | None = parse_header(code)
+        except HeaderError:
+            header = None
+        proc = subprocess.Popen(
+            [self.lean, "--json", "--stdin", *self.extra_args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            preexec_fn=pdeathsig_preexec,
+        )
+        self.pids.add(proc.pid)
+        try:
+            out, err = proc.communicate(code.encode(), timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise LeanTimeout("the snippet did not finish in time; its Lean process was killed", limit_s=timeout_s or 0.0) from None
+        finally:
+            self.pids.discard(proc.pid)
+        messages = []
+        for line in out.splitlines():
+            if not line.startswith(b"{"):
+                continue
+            try:
+                m = orjson.loads(line)
+                end = m.get("endPos")
+                messages.append(
+                    Message(
+                        severity=m.get("severity", "error"),
+                        pos=Pos(m["pos"]["line"], m["pos"]["column"]),
+                        end_pos=Pos(end["line"], end["column"]) if end else None,
+                        text=m.get("data", ""),
+                        kind=_kind(m.get("kind")),
+                    )
+                )
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+        # Lean exits 1 when the snippet has errors; a signal or another status is a death.
+        if proc.returncode not in (0, 1) or (proc.returncode == 1 and not messages):
+            stderr = err.decode("utf-8", "replace")
+            cause, _ = classify(proc.returncode, in_flight=True, supervisor_reason=None, graceful=False, oom_kills_seen=False)
+            raise LeanCrashed(
+                "the Lean process died while checking the snippet",
+                cause=cause.value,
+                returncode=proc.returncode,
+                detail=_death_detail(stderr),
+                stderr_tail=stderr[-4000:],
+            )
+        messages.sort(key=lambda m: (m.pos.line, m.pos.column))
+        return _result(id, messages, started, header, "cold")

@@ -1,0 +1,34 @@
+"""Typed failures of the Lean capability. Each has a stable ``code`` that crosses the
+protocol in the error response; the parent maps it to the matching ``lean_worker`` error."""
+
+from __future__ import annotations
+
+
+class LeanError(Exception):
+    code = "lean.error"
+
+
+class LeanCrashed(LeanError):
+    """A Lean process died while it held a snippet. The worker lives on."""
+
+    code = "lean.crashed"
+
+    def __init__(self, message: str, *, cause: str, returncode: int | None, detail: str | None, stderr_tail: str) -> None:
+        self.cause = cause
+        self.returncode = returncode
+        self.detail = detail
+        self.stderr_tail = stderr_tail
+        text = f"{message}; cause={cause} returncode={returncode}"
+        if detail:
+            text += f"; lean said: {detail}"
+        super().__init__(text)
+
+
+class LeanTimeout(LeanError):
+    """A snippet ran past its deadline; its Lean process was killed."""
+
+    code = "lean.timeout"
+
+    def __init__(self, message: str, *, limit_s: float) -> None:
+        self.limit_s = limit_s
+        super().__init__(f"{message}; limit_s={limit_s:g}")

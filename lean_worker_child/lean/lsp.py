@@ -1,0 +1,251 @@
+"""One ``lean --worker`` process holding one document: the warm engine's session.
+
+Lean's server is two programs: a watchdog (``lean --server``) that routes LSP traffic, and
+one file worker per open document, which the watchdog starts by re-executing itself with
+``--worker``. We start the file worker directly: it reads ``initialize`` and ``didOpen``
+from stdin, imports the header once, then re-elaborates only the body on every
+``didChange`` whose header is unchanged. Going direct gives the exact exit status of the
+process that held the snippet and saves the watchdog hop. ``-Dserver.reportDelayMs=0``
+removes the 200 ms the worker otherwise waits before reporting diagnostics
+(``architecture/60-lean-engine.md`` has the numbers).
+
+A file worker exits with status 2 when a change alters the header; the engine never sends
+one (a session's document always starts with the same canonical header).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from lean_worker_protocol._exit import classify, oom_kill_count
+
+from .._boot import pdeathsig_preexec
+from .errors import LeanCrashed, LeanError, LeanTimeout
+
+REPORT_DELAY_FLAG = "-Dserver.reportDelayMs=0"
+_STDERR_TAIL = 64 * 1024
+
+
+def _death_detail(stderr: str) -> str | None:
+    """The line in which Lean explains its own death, if it left one."""
+    for line in reversed(stderr.strip().splitlines()):
+        line = line.strip()
+        if line:
+            return line[:500]
+    return None
+
+
+class FileWorker:
+    """A ``lean --worker`` process with one open document.
+
+    ``check(text)`` opens the document on first use and replaces its whole text afterwards;
+    it returns the LSP diagnostics Lean published for that version.
+    """
+
+    def __init__(
+        self,
+        lean: str,
+        *,
+        uri: str,
+        cwd: str,
+        env: Mapping[str, str],
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.uri = uri
+        self.version = 0
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._responses: dict[int, dict[str, Any]] = {}
+        self._diagnostics: dict[int, list[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._stderr: deque[bytes] = deque()
+        self._stderr_bytes = 0
+        self._eof = False
+        self._oom_at_start = oom_kill_count()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [lean, "--worker", REPORT_DELAY_FLAG, *extra_args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+            preexec_fn=pdeathsig_preexec,
+        )
+        self._write_lock = threading.Lock()
+        threading.Thread(target=self._read_stdout, name=f"lean-worker-out-{self.proc.pid}", daemon=True).start()
+        self._err_thread = threading.Thread(target=self._read_stderr, name=f"lean-worker-err-{self.proc.pid}", daemon=True)
+        self._err_thread.start()
+        self._send({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                    "params": {"processId": os.getpid(), "rootUri": None, "capabilities": {}}})
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    # -- wire -------------------------------------------------------------------------------
+    def _send(self, message: dict[str, Any]) -> None:
+        body = orjson.dumps(message)
+        data = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        stdin = self.proc.stdin
+        assert stdin is not None
+        with self._write_lock:
+            stdin.write(data)
+            stdin.flush()
+
+    def _read_stdout(self) -> None:
+        stream = self.proc.stdout
+        assert stream is not None
+        try:
+            while True:
+                length = -1
+                while True:
+                    line = stream.readline()
+                    if not line:
+                        return
+                    line = line.strip()
+                    if not line:
+                        break
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if length < 0:
+                    continue
+                message = orjson.loads(stream.read(length))
+                self._dispatch(message)
+        except (OSError, ValueError, orjson.JSONDecodeError):
+            return
+        finally:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        method = message.get("method")
+        if method is None:
+            with self._cond:
+                self._responses[message.get("id", -1)] = message
+                self._cond.notify_all()
+        elif method == "textDocument/publishDiagnostics":
+            params = message["params"]
+            version = params.get("version")
+            if isinstance(version, int):
+                with self._cond:
+                    self._diagnostics[version] = params.get("diagnostics", [])
+        elif "id" in message:  # a request from the server (capability registration etc.)
+            try:
+                self._send({"jsonrpc": "2.0", "id": message["id"], "result": None})
+            except OSError:
+                pass
+
+    def _read_stderr(self) -> None:
+        stream = self.proc.stderr
+        assert stream is not None
+        while True:
+            try:
+                chunk = stream.read1(65536)  # type: ignore[attr-defined]
+            except (OSError, ValueError):
+                return
+            if not chunk:
+                return
+            with self._lock:
+                self._stderr.append(chunk)
+                self._stderr_bytes += len(chunk)
+                while self._stderr_bytes > _STDERR_TAIL and len(self._stderr) > 1:
+                    self._stderr_bytes -= len(self._stderr.popleft())
+
+    def stderr_tail(self) -> str:
+        with self._lock:
+            return b"".join(self._stderr).decode("utf-8", "replace")
+
+    # -- checks -----------------------------------------------------------------------------
+    def check(self, text: str, *, timeout_s: float | None) -> list[dict[str, Any]]:
+        """Elaborate ``text`` as the whole document; return its diagnostics (LSP dicts)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.version += 1
+        version = self.version
+        doc = {"uri": self.uri, "version": version}
+        try:
+            if version == 1:
+                self._send({"jsonrpc": "2.0", "method": "textDocument/didOpen",
+                            "params": {"textDocument": {**doc, "languageId": "lean4", "text": text}}})
+            else:
+                self._send({"jsonrpc": "2.0", "method": "textDocument/didChange",
+                            "params": {"textDocument": doc, "contentChanges": [{"text": text}]}})
+            self._next_id += 1
+            rid = self._next_id
+            self._send({"jsonrpc": "2.0", "id": rid, "method": "textDocument/waitForDiagnostics",
+                        "params": {"uri": self.uri, "version": version}})
+        except OSError:
+            raise self._crashed() from None
+        with self._cond:
+            while rid not in self._responses:
+                if self._eof:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            response = self._responses.pop(rid, None)
+            diagnostics = self._diagnostics.pop(version, [])
+            for old in [v for v in self._diagnostics if v < version]:
+                del self._diagnostics[old]
+        if response is None:
+            if self._eof or not self.alive:
+                raise self._crashed()
+            self.kill()
+            raise LeanTimeout("the snippet did not finish in time; its Lean process was killed", limit_s=timeout_s or 0.0)
+        if "error" in response:
+            raise LeanError(f"Lean file worker refused the check: {response['error']}")
+        return diagnostics
+
+    def _crashed(self) -> LeanCrashed:
+        try:
+            returncode = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = self.proc.returncode
+        self._err_thread.join(0.5)  # Lean's last words, e.g. "Stack overflow detected. Aborting."
+        stderr = self.stderr_tail()
+        oom_now = oom_kill_count()
+        oom_seen = oom_now is not None and self._oom_at_start is not None and oom_now > self._oom_at_start
+        cause, _hint = classify(returncode, in_flight=True, supervisor_reason=None, graceful=False, oom_kills_seen=oom_seen)
+        return LeanCrashed(
+            "the Lean process died while checking the snippet",
+            cause=cause.value,
+            returncode=returncode,
+            detail=_death_detail(stderr),
+            stderr_tail=stderr[-4000:],
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (self.proc.stdin,):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+    close = kill

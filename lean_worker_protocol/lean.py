@@ -1,0 +1,332 @@
+"""Commands of the first-party Lean capability, and the pure header parser they key on.
+
+The parent imports this module to call a Lean worker; the child (``lean_worker_child.lean``)
+serves it. Nothing here runs Lean: only the child talks to Lean.
+
+Positions follow Lean's own convention: ``line`` is 1-based, ``column`` is 0-based and
+counts Unicode code points, both relative to the snippet as the caller sent it.
+
+A **session** is an imported environment kept warm in the child. Its key is the snippet's
+header (``module``, ``prelude`` and the ordered imports with their modifiers); the
+toolchain and search path are fixed per worker. Opening a session is an import; a check
+whose header matches a warm session is not charged as one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import msgspec
+
+from ._commands import Call, Stream
+
+__all__ = [
+    "CHECK",
+    "CHECK_BATCH",
+    "INDEX",
+    "TOOLCHAIN",
+    "BatchRow",
+    "BatchSummary",
+    "CheckBatch",
+    "CheckRequest",
+    "CheckResult",
+    "Declaration",
+    "Header",
+    "HeaderError",
+    "IndexRequest",
+    "IndexSummary",
+    "ItemError",
+    "Message",
+    "Pos",
+    "ToolchainQuery",
+    "ToolchainReport",
+    "parse_header",
+    "session_key",
+]
+
+Severity = Literal["error", "warning", "information"]
+Verdict = Literal["ok", "errors", "sorry"]
+Engine = Literal["auto", "warm", "cold"]
+
+
+class Pos(msgspec.Struct, frozen=True):
+    line: int
+    """1-based."""
+    column: int
+    """0-based, in Unicode code points."""
+
+
+class Message(msgspec.Struct, frozen=True):
+    """One message Lean reported for a snippet."""
+
+    severity: Severity
+    pos: Pos
+    end_pos: Pos | None
+    text: str
+    kind: str = ""
+    """Lean's tag for the message when it gives one (e.g. ``lean.unknownIdentifier``)."""
+
+
+class CheckRequest(msgspec.Struct, frozen=True):
+    """Check one snippet: a header (``prelude``/``import`` lines) and a body."""
+
+    code: str
+    id: str = ""
+    timeout_s: float | None = None
+    """A deadline enforced in the child: past it the Lean process for this snippet is killed
+    and the check fails with ``lean.timeout`` while the worker lives on. ``None`` leaves
+    only the parent's request timeout."""
+    engine: Engine = "auto"
+    """``warm`` keeps the imported header alive between checks; ``cold`` runs one
+    ``lean --json`` process per check; ``auto`` is the worker's default engine."""
+
+
+class CheckResult(msgspec.Struct, frozen=True):
+    id: str
+    verdict: Verdict
+    """``errors`` if any message is an error; else ``sorry`` if a declaration uses ``sorry``;
+    else ``ok``."""
+    messages: list[Message]
+    sorries: list[Pos]
+    """Where Lean reported ``declaration uses 'sorry'`` (the declaration's name)."""
+    elapsed_ms: float
+    imports: list[str]
+    session: Literal["warm", "import", "cold"]
+    """``warm``: reused a warm session; ``import``: opened one; ``cold``: a one-shot process."""
+    limit: Literal["heartbeats", "memory"] | None = None
+    """Set when one of Lean's own limits stopped elaboration (also an error message)."""
+
+
+class ItemError(msgspec.Struct, frozen=True):
+    """Why one snippet of a batch has no result. The rest of the batch is unaffected."""
+
+    code: str
+    """``lean.crashed``, ``lean.timeout``, ``lean.bad_header`` or ``lean.error``."""
+    message: str
+    cause: str | None = None
+    """For ``lean.crashed``: the exit classification (e.g. ``worker.exit.sigabrt``)."""
+    detail: str | None = None
+    """What Lean said about its death (e.g. ``Stack overflow detected. Aborting.``)."""
+    returncode: int | None = None
+
+
+class CheckBatch(msgspec.Struct, frozen=True):
+    items: list[CheckRequest]
+    timeout_s: float | None = 60.0
+    """Per-snippet deadline for items that set none (see ``CheckRequest.timeout_s``)."""
+
+
+class BatchRow(msgspec.Struct, frozen=True):
+    index: int
+    id: str
+    result: CheckResult | None
+    error: ItemError | None
+
+
+class BatchSummary(msgspec.Struct, frozen=True):
+    items: int
+    verdicts: dict[str, int]
+    errors: dict[str, int]
+    imports: int
+    elapsed_ms: float
+
+
+class IndexRequest(msgspec.Struct, frozen=True):
+    modules: list[str] = []
+    """Module names to index; empty means every module with an ``.ilean`` on the search path."""
+
+
+class Declaration(msgspec.Struct, frozen=True):
+    module: str
+    name: str
+    pos: Pos
+    end_pos: Pos
+    selection: Pos
+    """Position of the declaration's name."""
+
+
+class IndexSummary(msgspec.Struct, frozen=True):
+    modules: int
+    declarations: int
+    missing: list[str]
+    """Requested modules without an ``.ilean`` on the search path."""
+
+
+class ToolchainQuery(msgspec.Struct, frozen=True):
+    pass
+
+
+class ToolchainReport(msgspec.Struct, frozen=True):
+    lean: str
+    source: str
+    version: str
+    commit: str | None
+    prefix: str | None
+    stdlib_present: bool
+    search_path: list[str]
+
+
+# -- header ------------------------------------------------------------------------------
+
+
+class HeaderError(ValueError):
+    code = "lean.bad_header"
+
+
+class Header(msgspec.Struct, frozen=True):
+    """The header of a snippet, as Lean's header parser sees it."""
+
+    module: bool
+    prelude: bool
+    imports: tuple[str, ...]
+    """One entry per ``import``: modifiers and module name, e.g. ``"public import all A.B"``
+    normalised to single spaces, in source order."""
+    offsets: tuple[int, ...]
+    """Start offset (in characters) of each header item: ``module``, ``prelude``, then each
+    import, in that order."""
+    end: int
+    """Offset just past the last header token: the body starts here."""
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The imported module names, without modifiers."""
+        return tuple(item.rsplit(" ", 1)[-1] for item in self.imports)
+
+    def key(self) -> tuple[str, ...]:
+        """The session key: equal for headers Lean treats as the same import."""
+        items = (["module"] if self.module else []) + (["prelude"] if self.prelude else [])
+        return (*items, *self.imports)
+
+    def canonical(self) -> str:
+        """The header written one item per line (ends with a newline unless empty)."""
+        return "".join(f"{item}\n" for item in self.key())
+
+
+_IMPORT_MODIFIERS = ("public", "meta", "private")
+
+
+def _skip_space(code: str, i: int) -> int:
+    """Skip whitespace and comments (not doc comments, which are commands)."""
+    n = len(code)
+    while i < n:
+        c = code[i]
+        if c in " \t\r\n":
+            i += 1
+        elif code.startswith("--", i):
+            j = code.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif code.startswith("/-", i) and not code.startswith(("/--", "/-!"), i):
+            depth, i = 1, i + 2
+            while depth:
+                if i >= n:
+                    raise HeaderError("unterminated comment in the header")
+                if code.startswith("/-", i):
+                    depth, i = depth + 1, i + 2
+                elif code.startswith("-/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        else:
+            break
+    return i
+
+
+def _word(code: str, i: int) -> str:
+    j = i
+    n = len(code)
+    while j < n and not code[j].isspace() and not code.startswith(("--", "/-"), j):
+        j += 1
+    return code[i:j]
+
+
+def _is_ident(word: str) -> bool:
+    parts = word.split(".")
+    return all(p and (p[0].isalpha() or p[0] in "_«") for p in parts)
+
+
+def parse_header(code: str) -> Header:
+    """Parse the header (``module``? ``prelude``? ``import``*) of a Lean snippet.
+
+    Raises ``HeaderError`` for an ``import`` without a module name.
+    """
+    i = _skip_space(code, 0)
+    end = 0
+    module = prelude = False
+    offsets: list[int] = []
+    imports: list[str] = []
+    word = _word(code, i)
+    if word == "module":
+        module, end = True, i + len(word)
+        offsets.append(i)
+        i = _skip_space(code, end)
+        word = _word(code, i)
+    if word == "prelude":
+        prelude, end = True, i + len(word)
+        offsets.append(i)
+        i = _skip_space(code, end)
+        word = _word(code, i)
+    while True:
+        start = i
+        tokens: list[str] = []
+        while word in _IMPORT_MODIFIERS:
+            tokens.append(word)
+            i = _skip_space(code, i + len(word))
+            word = _word(code, i)
+        if word != "import":  # the body starts (`public def ...` included)
+            break
+        tokens.append(word)
+        i = _skip_space(code, i + len(word))
+        word = _word(code, i)
+        if word == "all":
+            tokens.append(word)
+            i = _skip_space(code, i + len(word))
+            word = _word(code, i)
+        if not _is_ident(word):
+            raise HeaderError(f"`import` without a module name at offset {start}")
+        tokens.append(word)
+        imports.append(" ".join(tokens))
+        offsets.append(start)
+        end = i + len(word)
+        i = _skip_space(code, end)
+        word = _word(code, i)
+    return Header(module, prelude, tuple(imports), tuple(offsets), end)
+
+
+def session_key(code: str) -> tuple[str, ...] | None:
+    """The session key of a snippet, or ``None`` if its header does not parse."""
+    try:
+        return parse_header(code).key()
+    except HeaderError:
+        return None
+
+
+def _check_keys(request: CheckRequest) -> Iterable[tuple[str, ...]]:
+    if request.engine == "cold":
+        return ()
+    key = session_key(request.code)
+    return () if key is None else (key,)
+
+
+def _batch_keys(request: CheckBatch) -> Iterable[tuple[str, ...]]:
+    keys: list[tuple[str, ...]] = []
+    for item in request.items:
+        keys.extend(_check_keys(item))
+    return keys
+
+
+CHECK = Call("lean.check", request=CheckRequest, response=CheckResult, session_keys=_check_keys)
+"""Check one snippet. Lean-side failures raise ``RemoteError`` with code ``lean.crashed``,
+``lean.timeout`` or ``lean.bad_header``; the worker lives on."""
+
+CHECK_BATCH = Stream(
+    "lean.check_batch", request=CheckBatch, row=BatchRow, summary=BatchSummary, session_keys=_batch_keys
+)
+"""Check many snippets: one row per snippet, in order; a failing snippet is a row with
+``error`` set, never a failed batch."""
+
+INDEX = Stream("lean.index", request=IndexRequest, row=Declaration, summary=IndexSummary)
+"""Index the declarations of compiled modules from their ``.ilean`` files."""
+
+TOOLCHAIN = Call("lean.toolchain", request=ToolchainQuery, response=ToolchainReport)
+"""Report the toolchain the worker resolved."""
