@@ -83,6 +83,10 @@ class SyncWorker:
         portal, worker = self._parts()
         return portal.call(worker.rss)
 
+    def pss(self) -> int | None:
+        portal, worker = self._parts()
+        return portal.call(worker.pss)
+
     def cycle(self) -> ShutdownReport:
         portal, worker = self._parts()
         return portal.call(worker.cycle)

@@ -382,6 +382,19 @@ class Worker:
         self._stats.last_rss_bytes = value
         return value
 
+    async def pss(self) -> int | None:
+        """Summed PSS of the current child's process tree, in bytes (``None``: no child).
+
+        Proportional set size splits each shared page among the processes that map it, so
+        it does not count a shared library once per process as summed RSS does. Slower
+        than ``rss()`` (it reads ``/proc/<pid>/smaps_rollup`` of every process); it also
+        refreshes the list of the child's descendants.
+        """
+        gen = self._gen
+        if gen is None or not gen.child.alive:
+            return None
+        return await anyio.to_thread.run_sync(gen.memory.pss)
+
     # -- spawning --------------------------------------------------------------------------------
     def _check_restart_limit(self) -> None:
         window = self.policy.restart_window_s

@@ -42,6 +42,7 @@ from lean_worker_protocol.lean import (
 )
 
 from ._config import WorkerConfig
+from ._errors import LeanCrashed, LeanError, LeanHeaderError, LeanTimeout, ToolchainNotFound
 
 CHILD_MODULE = "lean_worker_child.lean"
 
@@ -62,10 +63,15 @@ __all__ = [
     "IndexRequest",
     "IndexSummary",
     "ItemError",
+    "LeanCrashed",
+    "LeanError",
+    "LeanHeaderError",
+    "LeanTimeout",
     "Message",
     "Pos",
     "ToolchainQuery",
     "ToolchainReport",
+    "ToolchainNotFound",
     "lean_config",
     "lean_child_args",
     "parse_header",

@@ -65,7 +65,9 @@ class Message(msgspec.Struct, frozen=True):
     end_pos: Pos | None
     text: str
     kind: str = ""
-    """Lean's tag for the message when it gives one (e.g. ``lean.unknownIdentifier``)."""
+    """Lean's tag for the message when the engine gets one: the cold engine gets every tag
+    (``hasSorry``, ``runtime.maxHeartbeats``, ``lean.unknownIdentifier``); the warm engine
+    gets only named errors (``lean.unknownIdentifier``), as the LSP carries no other tags."""
 
 
 class CheckRequest(msgspec.Struct, frozen=True):
@@ -89,7 +91,7 @@ class CheckResult(msgspec.Struct, frozen=True):
     else ``ok``."""
     messages: list[Message]
     sorries: list[Pos]
-    """Where Lean reported ``declaration uses 'sorry'`` (the declaration's name)."""
+    """Where Lean reported that a declaration uses ``sorry`` (the declaration's name)."""
     elapsed_ms: float
     imports: list[str]
     session: Literal["warm", "import", "cold"]

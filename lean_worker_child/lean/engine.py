@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -31,7 +32,9 @@ from .errors import LeanCrashed, LeanTimeout
 from .lsp import FileWorker, _death_detail
 
 _SEVERITY = {1: "error", 2: "warning", 3: "information", 4: "information"}
-_SORRY_TEXT = "declaration uses 'sorry'"
+# "declaration uses `sorry`" in Lean 4.35, "declaration uses 'sorry'" before; the LSP
+# carries no message tags, so the text is the one signal both engines share.
+_SORRY = re.compile(r"declaration uses [`']sorry[`']")
 _HEARTBEATS = "maxHeartbeats"
 _MEMORY = "memory limit"
 
@@ -71,7 +74,7 @@ def _kind(raw: str | None) -> str:
 
 
 def _verdict(messages: list[Message]) -> tuple[str, list[Pos], str | None]:
-    sorries = [m.pos for m in messages if m.severity == "warning" and _SORRY_TEXT in m.text]
+    sorries = [m.pos for m in messages if m.severity == "warning" and (m.kind == "hasSorry" or _SORRY.search(m.text))]
     limit = None
     for m in messages:
         if m.severity == "error":
