@@ -111,6 +111,8 @@ class ItemError(msgspec.Struct, frozen=True):
     detail: str | None = None
     """What Lean said about its death (e.g. ``Stack overflow detected. Aborting.``)."""
     returncode: int | None = None
+    limit: Literal["memory"] | None = None
+    """For ``lean.crashed``: ``memory`` when Lean aborted on its own limit (``lean -M``)."""
 
 
 class CheckBatch(msgspec.Struct, frozen=True):

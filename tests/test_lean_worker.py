@@ -200,6 +200,18 @@ async def test_a_crashing_snippet_is_classified_and_the_worker_recovers(config) 
         assert worker.generation == 1
 
 
+@pytest.mark.parametrize("engine", ["warm", "cold"])
+async def test_lean_memory_limit_is_a_classified_crash(config, engine) -> None:  # type: ignore[no-untyped-def]
+    """Under ``lean -M 200`` the allocating snippet makes Lean abort on its own limit."""
+    async with Worker(config(lean_args=["-M", "200"])) as worker:
+        with pytest.raises(LeanCrashed) as info:
+            await worker.call(CHECK, CheckRequest(snippet("memory.lean"), engine=engine))
+        assert "limit=memory" in info.value.remote_message
+        assert "cause=worker.exit.sigabrt" in info.value.remote_message
+        assert (await worker.call(CHECK, CheckRequest(snippet("ok.lean"), engine=engine))).verdict == "ok"
+        assert worker.generation == 1
+
+
 async def test_a_batch_with_a_crashing_and_a_hanging_snippet_returns_every_other_row(config) -> None:  # type: ignore[no-untyped-def]
     items = [
         CheckRequest(snippet("ok.lean"), id="ok-1"),

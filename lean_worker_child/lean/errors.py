@@ -18,7 +18,11 @@ class LeanCrashed(LeanError):
         self.returncode = returncode
         self.detail = detail
         self.stderr_tail = stderr_tail
+        self.limit = "memory" if "memory_exception" in stderr_tail or "excessive memory" in stderr_tail else None
+        """``memory`` when Lean aborted on its own memory limit (``lean -M``)."""
         text = f"{message}; cause={cause} returncode={returncode}"
+        if self.limit:
+            text += f" limit={self.limit}"
         if detail:
             text += f"; lean said: {detail}"
         super().__init__(text)

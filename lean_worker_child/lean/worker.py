@@ -118,7 +118,7 @@ def check(request: CheckRequest, ctx: RequestContext) -> CheckResult:
 
 def _item_error(exc: Exception) -> ItemError:
     if isinstance(exc, LeanCrashed):
-        return ItemError(exc.code, str(exc), exc.cause, exc.detail, exc.returncode)
+        return ItemError(exc.code, str(exc), exc.cause, exc.detail, exc.returncode, exc.limit)  # type: ignore[arg-type]
     code = getattr(exc, "code", None)
     return ItemError(code if isinstance(code, str) else "lean.error", str(exc))
 
