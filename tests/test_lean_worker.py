@@ -299,3 +299,15 @@ async def test_concurrent_checks_on_one_worker_are_serialised(config) -> None:  
         assert worker.stats().imports == 1
     assert sorted(r.id for r in results) == ["0", "1", "2", "3"]
     assert all(r.verdict == "ok" for r in results)
+
+
+async def test_a_batch_charges_one_import_per_new_header(config) -> None:  # type: ignore[no-untyped-def]
+    ok, sorry = snippet("ok.lean"), snippet("sorry.lean")
+    items = [CheckRequest(ok, id="a"), CheckRequest(sorry, id="b"), CheckRequest(ok, id="c")]
+    async with Worker(config()) as worker:
+        first = await worker.stream_into(CHECK_BATCH, CheckBatch(items), lambda row: None)
+        assert first.summary.imports == 2  # two distinct headers; the third item reuses the first
+        assert worker.stats().imports == 2
+        again = await worker.stream_into(CHECK_BATCH, CheckBatch(items), lambda row: None)
+        assert again.summary.imports == 0
+        assert worker.stats().imports == 2

@@ -106,13 +106,13 @@ def check_one(request: CheckRequest, timeout_s: float | None) -> tuple[CheckResu
 
 @app.handler(CHECK)
 def check(request: CheckRequest, ctx: RequestContext) -> CheckResult:
-    ctx.charge_imports(0)
+    warm, _ = _engines()
+    before = warm.imports
     try:
-        result, imports = check_one(request, request.timeout_s)
-    except LeanCrashed:
-        ctx.charge_imports(1)  # the session it opened (if any) died with the process
-        raise
-    ctx.charge_imports(imports)
+        result, _ = check_one(request, request.timeout_s)
+    finally:
+        # Sessions opened, whether or not the check then succeeded.
+        ctx.charge_imports(warm.imports - before)
     return result
 
 
@@ -125,30 +125,30 @@ def _item_error(exc: Exception) -> ItemError:
 
 @app.handler(CHECK_BATCH)
 def check_batch(request: CheckBatch, ctx: RequestContext) -> BatchSummary:
-    _engines()
+    warm, _ = _engines()
     started = time.perf_counter()
     verdicts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    imports = 0
-    ctx.charge_imports(0)
+    before = warm.imports
     total = len(request.items)
-    for index, item in enumerate(request.items):
-        ctx.check_cancelled()
-        ctx.progress("check", index, total)
-        timeout_s = item.timeout_s if item.timeout_s is not None else request.timeout_s
-        try:
-            result, fresh = check_one(item, timeout_s)
-        except (LeanError, ToolchainError, OSError) as exc:
-            error = _item_error(exc)
-            errors[error.code] += 1
-            ctx.emit(BatchRow(index, item.id, None, error))
-            continue
-        imports += fresh
-        ctx.charge_imports(fresh)
-        verdicts[result.verdict] += 1
-        ctx.emit(BatchRow(index, item.id, result, None))
+    try:
+        for index, item in enumerate(request.items):
+            ctx.check_cancelled()
+            ctx.progress("check", index, total)
+            timeout_s = item.timeout_s if item.timeout_s is not None else request.timeout_s
+            try:
+                result, _ = check_one(item, timeout_s)
+            except (LeanError, ToolchainError, OSError) as exc:
+                error = _item_error(exc)
+                errors[error.code] += 1
+                ctx.emit(BatchRow(index, item.id, None, error))
+                continue
+            verdicts[result.verdict] += 1
+            ctx.emit(BatchRow(index, item.id, result, None))
+    finally:
+        ctx.charge_imports(warm.imports - before)
     ctx.progress("check", total, total)
-    return BatchSummary(total, dict(verdicts), dict(errors), imports, (time.perf_counter() - started) * 1e3)
+    return BatchSummary(total, dict(verdicts), dict(errors), warm.imports - before, (time.perf_counter() - started) * 1e3)
 
 
 def _ilean_files(modules: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
