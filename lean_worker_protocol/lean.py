@@ -25,6 +25,7 @@ __all__ = [
     "CHECK",
     "CHECK_BATCH",
     "INDEX",
+    "OPEN",
     "TOOLCHAIN",
     "BatchRow",
     "BatchSummary",
@@ -38,7 +39,9 @@ __all__ = [
     "IndexSummary",
     "ItemError",
     "Message",
+    "OpenRequest",
     "Pos",
+    "SessionInfo",
     "ToolchainQuery",
     "ToolchainReport",
     "parse_header",
@@ -155,6 +158,22 @@ class IndexSummary(msgspec.Struct, frozen=True):
     declarations: int
     missing: list[str]
     """Requested modules without an ``.ilean`` on the search path."""
+
+
+class OpenRequest(msgspec.Struct, frozen=True):
+    """Open (import) a session ahead of the checks that will use it."""
+
+    header: str
+    """A snippet header (``prelude``/``import`` lines); anything after it is ignored."""
+
+
+class SessionInfo(msgspec.Struct, frozen=True):
+    key: list[str]
+    session: Literal["warm", "import"]
+    """``import`` if this request opened it, ``warm`` if it was already open."""
+    elapsed_ms: float
+    messages: list[Message]
+    """What Lean said about the header (e.g. an unknown module)."""
 
 
 class ToolchainQuery(msgspec.Struct, frozen=True):
@@ -312,6 +331,11 @@ def _check_keys(request: CheckRequest) -> Iterable[tuple[str, ...]]:
     return () if key is None else (key,)
 
 
+def _open_keys(request: OpenRequest) -> Iterable[tuple[str, ...]]:
+    key = session_key(request.header)
+    return () if key is None else (key,)
+
+
 def _batch_keys(request: CheckBatch) -> Iterable[tuple[str, ...]]:
     keys: list[tuple[str, ...]] = []
     for item in request.items:
@@ -322,6 +346,10 @@ def _batch_keys(request: CheckBatch) -> Iterable[tuple[str, ...]]:
 CHECK = Call("lean.check", request=CheckRequest, response=CheckResult, session_keys=_check_keys)
 """Check one snippet. Lean-side failures raise ``RemoteError`` with code ``lean.crashed``,
 ``lean.timeout`` or ``lean.bad_header``; the worker lives on."""
+
+OPEN = Call("lean.open", request=OpenRequest, response=SessionInfo, session_keys=_open_keys)
+"""Import a header into a warm session now (an import-like request), so the checks that
+follow are warm; a header that is already open is a warm hit."""
 
 CHECK_BATCH = Stream(
     "lean.check_batch", request=CheckBatch, row=BatchRow, summary=BatchSummary, session_keys=_batch_keys

@@ -20,12 +20,15 @@ from lean_worker.lean import (
     CHECK,
     CHECK_BATCH,
     INDEX,
+    OPEN,
     TOOLCHAIN,
     CheckBatch,
     CheckRequest,
     IndexRequest,
     LeanCrashed,
+    LeanHeaderError,
     LeanTimeout,
+    OpenRequest,
     ToolchainQuery,
     lean_config,
 )
@@ -311,3 +314,18 @@ async def test_a_batch_charges_one_import_per_new_header(config) -> None:  # typ
         again = await worker.stream_into(CHECK_BATCH, CheckBatch(items), lambda row: None)
         assert again.summary.imports == 0
         assert worker.stats().imports == 2
+
+
+async def test_open_warms_a_header_ahead_of_its_checks(config) -> None:  # type: ignore[no-untyped-def]
+    code = snippet("ok.lean")
+    async with Worker(config()) as worker:
+        opened = await worker.call(OPEN, OpenRequest(code))
+        assert (opened.session, opened.key, opened.messages) == ("import", ["prelude", "import LwFix.List"], [])
+        assert (await worker.call(OPEN, OpenRequest("prelude\nimport LwFix.List"))).session == "warm"
+        assert (await worker.call(CHECK, CheckRequest(code))).session == "warm"
+        assert worker.stats().imports == 1
+        missing = await worker.call(OPEN, OpenRequest("prelude\nimport LwFix.Nowhere\n"))
+        assert missing.session == "import"
+        assert any(m.severity == "error" and "LwFix.Nowhere" in m.text for m in missing.messages), missing.messages
+        with pytest.raises(LeanHeaderError):
+            await worker.call(OPEN, OpenRequest("import\n"))

@@ -22,6 +22,7 @@ from lean_worker_protocol.lean import (
     CHECK,
     CHECK_BATCH,
     INDEX,
+    OPEN,
     TOOLCHAIN,
     BatchRow,
     BatchSummary,
@@ -33,7 +34,9 @@ from lean_worker_protocol.lean import (
     IndexRequest,
     IndexSummary,
     ItemError,
+    OpenRequest,
     Pos,
+    SessionInfo,
     ToolchainQuery,
     ToolchainReport,
     parse_header,
@@ -114,6 +117,18 @@ def check(request: CheckRequest, ctx: RequestContext) -> CheckResult:
         # Sessions opened, whether or not the check then succeeded.
         ctx.charge_imports(warm.imports - before)
     return result
+
+
+@app.handler(OPEN)
+def open_session(request: OpenRequest, ctx: RequestContext) -> SessionInfo:
+    warm, _ = _engines()
+    header = parse_header(request.header)
+    before = warm.imports
+    try:
+        result, fresh = warm.check(request.header[: header.end], header=header, timeout_s=None)
+    finally:
+        ctx.charge_imports(warm.imports - before)
+    return SessionInfo(list(header.key()), "import" if fresh else "warm", result.elapsed_ms, result.messages)
 
 
 def _item_error(exc: Exception) -> ItemError:
