@@ -37,6 +37,8 @@ work had entered the child). Messages start with what failed and carry facts as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ._exit import ExitInfo
 
 _TAIL_IN_MESSAGE = 2000
@@ -138,7 +140,10 @@ class RemoteError(RequestError):
         remote_code: str,
         remote_message: str,
         traceback: str,
+        facts: Mapping[str, object] | None = None,
     ) -> None:
+        self.facts: dict[str, object] = dict(facts or {})
+        """Typed facts the child attached (its exception's ``facts``)."""
         self.remote_type = remote_type
         self.remote_code = remote_code
         self.remote_message = remote_message
@@ -157,8 +162,8 @@ class BadRequest(RemoteError):
 class LeanError(RemoteError):
     """The Lean capability failed on this request; the worker lives on.
 
-    ``remote_message`` carries the facts (for a crash: ``cause=worker.exit.<signal>``,
-    the return code and what Lean printed before it died)."""
+    ``facts`` holds what the child knew (for a crash: ``cause``, ``returncode``,
+    ``detail``, ``limit``; for a timeout: ``limit_s``), also as properties."""
 
     code = "lean.error"
 
@@ -166,9 +171,32 @@ class LeanError(RemoteError):
 class LeanCrashed(LeanError):
     code = "lean.crashed"
 
+    @property
+    def cause(self) -> str | None:
+        """The exit classification of the Lean process, e.g. ``worker.exit.sigabrt``."""
+        return self.facts.get("cause")  # type: ignore[return-value]
+
+    @property
+    def returncode(self) -> int | None:
+        return self.facts.get("returncode")  # type: ignore[return-value]
+
+    @property
+    def detail(self) -> str | None:
+        """What Lean printed before it died, e.g. ``Stack overflow detected. Aborting.``"""
+        return self.facts.get("detail")  # type: ignore[return-value]
+
+    @property
+    def limit(self) -> str | None:
+        """``memory`` when Lean aborted on its own memory limit (``lean -M``)."""
+        return self.facts.get("limit")  # type: ignore[return-value]
+
 
 class LeanTimeout(LeanError):
     code = "lean.timeout"
+
+    @property
+    def limit_s(self) -> float | None:
+        return self.facts.get("limit_s")  # type: ignore[return-value]
 
 
 class LeanHeaderError(LeanError):

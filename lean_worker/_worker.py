@@ -778,7 +778,12 @@ class Worker:
         gen.imports += charged
         self._stats.imports += charged
         if op.keys:
-            gen.warm_keys.update(op.keys)
+            if charged > len(op.keys - gen.warm_keys):
+                # The child imported a key we took for warm: it dropped that session
+                # (evicted, or its process died). Trust only what this request used.
+                gen.warm_keys = set(op.keys)
+            elif frame.error is None:
+                gen.warm_keys.update(op.keys)
         self._stats.backpressure_waits += frame.write_stalls
         if not gen.first_request_done:
             gen.first_request_done = True
@@ -811,6 +816,7 @@ class Worker:
             remote_code=error.code,
             remote_message=error.message,
             traceback=error.traceback,
+            facts=error.facts,
         )
 
     def _end_op(self, op: _Op) -> None:

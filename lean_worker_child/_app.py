@@ -59,7 +59,20 @@ def _error(exc: BaseException, code: str | None = None) -> ErrorInfo:
         code=code or (own if isinstance(own, str) and own else None) or "worker.handler_error",
         message=_bounded(str(exc), _MESSAGE_LIMIT),
         traceback=_bounded("".join(traceback.format_exception(exc)), _TRACEBACK_LIMIT, keep_tail=True),
+        facts=_facts(exc),
     )
+
+
+def _facts(exc: BaseException) -> dict[str, str | int | float | bool | None]:
+    """An exception's ``facts`` mapping, kept to scalar values (anything else is dropped)."""
+    facts = getattr(exc, "facts", None)
+    if not isinstance(facts, dict):
+        return {}
+    return {
+        str(k): (_bounded(v, _MESSAGE_LIMIT) if isinstance(v, str) else v)
+        for k, v in facts.items()
+        if v is None or isinstance(v, str | int | float | bool)
+    }
 
 
 class WorkerApp:

@@ -73,6 +73,9 @@ class ErrorInfo(msgspec.Struct, array_like=True, frozen=True):
     code: str
     message: str
     traceback: str = ""
+    facts: dict[str, str | int | float | bool | None] = {}
+    """Typed facts about the failure (an exception's ``facts`` attribute), e.g. a Lean
+    crash's ``cause`` and ``returncode``."""
 
 
 class Response(_Frame, tag="resp", frozen=True):

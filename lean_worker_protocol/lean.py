@@ -107,7 +107,7 @@ class ItemError(msgspec.Struct, frozen=True):
     """Why one snippet of a batch has no result. The rest of the batch is unaffected."""
 
     code: str
-    """``lean.crashed``, ``lean.timeout``, ``lean.bad_header`` or ``lean.error``."""
+    """``lean.crashed``, ``lean.timeout``, ``lean.toolchain_not_found`` or ``lean.error``."""
     message: str
     cause: str | None = None
     """For ``lean.crashed``: the exit classification (e.g. ``worker.exit.sigabrt``)."""
@@ -344,8 +344,9 @@ def _batch_keys(request: CheckBatch) -> Iterable[tuple[str, ...]]:
 
 
 CHECK = Call("lean.check", request=CheckRequest, response=CheckResult, session_keys=_check_keys)
-"""Check one snippet. Lean-side failures raise ``RemoteError`` with code ``lean.crashed``,
-``lean.timeout`` or ``lean.bad_header``; the worker lives on."""
+"""Check one snippet. Lean-side failures raise ``LeanCrashed`` (``lean.crashed``) or
+``LeanTimeout`` (``lean.timeout``) in the parent; the worker lives on. A header that does
+not parse is checked cold, and Lean reports it as a message."""
 
 OPEN = Call("lean.open", request=OpenRequest, response=SessionInfo, session_keys=_open_keys)
 """Import a header into a warm session now (an import-like request), so the checks that

@@ -186,6 +186,7 @@ async def test_a_check_deadline_kills_only_that_session(config) -> None:  # type
         with pytest.raises(LeanTimeout) as info:
             await worker.call(CHECK, CheckRequest(snippet("hang.lean"), timeout_s=1.0))
         assert info.value.remote_code == "lean.timeout"
+        assert info.value.limit_s == 1.0
         again = await worker.call(CHECK, CheckRequest(snippet("ok.lean")))
         assert worker.generation == 1  # the worker lived; only the hanging session died
     assert (warm.session, again.session) == ("import", "warm")
@@ -197,6 +198,10 @@ async def test_a_crashing_snippet_is_classified_and_the_worker_recovers(config) 
             await worker.call(CHECK, CheckRequest(snippet("crash.lean")))
         message = info.value.remote_message
         assert "cause=worker.exit." in message
+        assert info.value.cause == "worker.exit.sigabrt"
+        assert info.value.returncode == -6
+        assert info.value.detail == "Stack overflow detected. Aborting."
+        assert info.value.limit is None
         assert worker.generation == 1
         after = await worker.call(CHECK, CheckRequest(snippet("ok.lean")))
         assert after.verdict == "ok"
@@ -210,6 +215,7 @@ async def test_lean_memory_limit_is_a_classified_crash(config, engine) -> None: 
         with pytest.raises(LeanCrashed) as info:
             await worker.call(CHECK, CheckRequest(snippet("memory.lean"), engine=engine))
         assert "limit=memory" in info.value.remote_message
+        assert info.value.limit == "memory"
         assert "cause=worker.exit.sigabrt" in info.value.remote_message
         assert (await worker.call(CHECK, CheckRequest(snippet("ok.lean"), engine=engine))).verdict == "ok"
         assert worker.generation == 1
@@ -329,3 +335,21 @@ async def test_open_warms_a_header_ahead_of_its_checks(config) -> None:  # type:
         assert any(m.severity == "error" and "LwFix.Nowhere" in m.text for m in missing.messages), missing.messages
         with pytest.raises(LeanHeaderError):
             await worker.call(OPEN, OpenRequest("import\n"))
+
+
+async def test_a_session_the_child_dropped_is_charged_and_the_parent_catches_up(config) -> None:  # type: ignore[no-untyped-def]
+    """With one session slot, A then B evicts A. The parent still takes A for warm, so the
+    next A runs on the same child and the child charges the re-import: one import over the
+    limit at most. The parent then trusts only A, and B (a fresh key) cycles the worker."""
+    a, b = "prelude\nimport LwFix.Logic\n", "prelude\nimport LwFix.Nat\n"
+    async with Worker(config(max_sessions=1, restart=RestartPolicy(max_imports=2))) as worker:
+        sessions = []
+        generations = []
+        for code in (a, b, a, b):
+            sessions.append((await worker.call(CHECK, CheckRequest(code))).session)
+            generations.append(worker.generation)
+        stats = worker.stats()
+    assert sessions == ["import"] * 4
+    assert generations == [1, 1, 1, 2]
+    assert stats.imports == 4
+    assert stats.restarts == {"max_imports": 1}

@@ -20,6 +20,7 @@ class LeanCrashed(LeanError):
         self.stderr_tail = stderr_tail
         self.limit = "memory" if "memory_exception" in stderr_tail or "excessive memory" in stderr_tail else None
         """``memory`` when Lean aborted on its own memory limit (``lean -M``)."""
+        self.facts = {"cause": cause, "returncode": returncode, "detail": detail, "limit": self.limit}
         text = f"{message}; cause={cause} returncode={returncode}"
         if self.limit:
             text += f" limit={self.limit}"
@@ -35,4 +36,5 @@ class LeanTimeout(LeanError):
 
     def __init__(self, message: str, *, limit_s: float) -> None:
         self.limit_s = limit_s
+        self.facts = {"limit_s": limit_s}
         super().__init__(f"{message}; limit_s={limit_s:g}")
