@@ -1,8 +1,8 @@
-"""The examples run, and the recipe and README that show them show their real code and output.
+"""The examples run, and the recipes and README that show them show their real code and output.
 
-Every fenced ``python`` block in the recipe and the README starts with ``# file: <path>`` and
-must be a contiguous run of lines of that file. The recipe's blocks together must show every
-non-blank line of each example file. Every fenced ``text`` block preceded by ``<!-- output of: <command> -->``
+Every fenced ``python`` block in a recipe and the README starts with ``# file: <path>`` and
+must be a contiguous run of lines of that file. A recipe's blocks together must show every
+non-blank line of each file of its example. Every fenced ``text`` block preceded by ``<!-- output of: <command> -->``
 must appear, line by line and in order, in the output of a real run of that command.
 """
 
@@ -18,8 +18,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "01-typed-streaming-command.md"
+LEAN_RECIPE = ROOT / "recipes" / "02-checking-lean.md"
 README = ROOT / "README.md"
 EXAMPLE_DIR = ROOT / "examples" / "typed_streaming"
+LEAN_EXAMPLE_DIR = ROOT / "examples" / "lean_check"
+LEAN_EXAMPLE = "examples.lean_check.run"
 
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 FILE_MARKER = re.compile(r"^# file: (?P<path>\S+)$")
@@ -109,10 +112,52 @@ def test_example_worker_run_by_hand_exits_2_and_says_it_needs_a_parent() -> None
     assert "LEAN_WORKER_BOOTSTRAP" in result.stderr
 
 
+@pytest.fixture
+def lean_ready(lean_toolchain):  # type: ignore[no-untyped-def]
+    """Provision the toolchain and build the library in-process (with pytest's timeout), so the
+    example's own run only finds them in the cache."""
+    from lean_worker_child.lean.fixtures import build_library
+
+    build_library(lean_toolchain.lean)
+
+
+def test_lean_example_checks_batches_indexes_and_survives_a_crash_and_a_hang(lean_ready) -> None:  # type: ignore[no-untyped-def]
+    out = output_of(LEAN_EXAMPLE)
+    assert "  verdict=errors session=import imports=['LwFix.Nat', 'LwFix.Sorry']" in out
+    assert "  10:65 error Type mismatch" in out  # where type_error.lean says its error is
+    # The same header twice: one import, then a warm session.
+    twice = out.index("ok.lean twice:")
+    assert [line for line in out[twice:] if "session=" in line][:2] == [
+        "  verdict=ok session=import",
+        "  verdict=ok session=warm",
+    ]
+    assert "imports charged so far: 2" in out
+    # A batch with a crashing and a hanging snippet still returns every row, in order.
+    batch = out.index("batch:")
+    assert out[batch + 1 : batch + 5] == ["  0 ok: ok", "  1 type_error: errors", "  2 sorry: sorry (sorry at 7:8)", "  3 crash: error lean.crashed"]
+    assert out[batch + 5].startswith("    cause=worker.exit.")
+    assert out[batch + 6] == "  4 hang: error lean.timeout"
+    assert "  summary: items=5 verdicts={'ok': 1, 'errors': 1, 'sorry': 1} errors={'lean.crashed': 1, 'lean.timeout': 1}" in out
+    assert "  last progress: check 5/5" in out
+    assert "  15:10 N" in out and "  ... 15 declarations" in out
+    # A check's own deadline kills only its Lean process: the worker is the same child.
+    assert "hang.lean: lean.timeout: the snippet did not finish in time; its Lean process was killed; limit_s=1" in out
+    assert "still generation 1" in out
+    assert out[-4:] == [
+        "  ok.lean: session=import generation=1",
+        "  ok.lean: session=warm generation=1",
+        "  sorry.lean: session=import generation=2",
+        "  restarts: {'max_imports': 1}",
+    ]
+    # Nothing but the timing lines differs from run to run.
+    timings = [line for line in out if re.search(r"\d ms$", line)]
+    assert len(timings) == 3, timings
+
+
 # -- the recipe shows the examples as they are ----------------------------------------------------
 
 
-@pytest.mark.parametrize("doc", [RECIPE, README], ids=["recipe", "readme"])
+@pytest.mark.parametrize("doc", [RECIPE, LEAN_RECIPE, README], ids=["recipe", "lean-recipe", "readme"])
 def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
     excerpts = shown_excerpts(doc)
     assert excerpts, f"{doc.name} shows no python code"
@@ -126,9 +171,10 @@ def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
             assert len(starts) == 1, f"a block in {doc.name} naming {path} matches {len(starts)} places; show more lines"
 
 
-def test_recipe_shows_every_line_of_every_example_file() -> None:
-    excerpts = shown_excerpts()
-    example_files = sorted(p.relative_to(ROOT).as_posix() for p in EXAMPLE_DIR.glob("*.py") if p.name != "__init__.py")
+@pytest.mark.parametrize(("doc", "example_dir"), [(RECIPE, EXAMPLE_DIR), (LEAN_RECIPE, LEAN_EXAMPLE_DIR)], ids=["recipe", "lean-recipe"])
+def test_recipe_shows_every_line_of_every_example_file(doc: Path, example_dir: Path) -> None:
+    excerpts = shown_excerpts(doc)
+    example_files = sorted(p.relative_to(ROOT).as_posix() for p in example_dir.glob("*.py") if p.name != "__init__.py")
     assert sorted(excerpts) == example_files
     for path, blocks in excerpts.items():
         lines = (ROOT / path).read_text().splitlines()
@@ -137,12 +183,12 @@ def test_recipe_shows_every_line_of_every_example_file() -> None:
             for start in locate(block, lines):
                 shown.update(range(start, start + len(block)))
         missing = [f"{i + 1}: {line}" for i, line in enumerate(lines) if line.strip() and i not in shown]
-        assert not missing, f"the recipe does not show these lines of {path}:\n" + "\n".join(missing)
+        assert not missing, f"{doc.name} does not show these lines of {path}:\n" + "\n".join(missing)
 
 
-def shown_outputs() -> dict[str, list[list[str]]]:
-    """Output blocks of the recipe, keyed by the command their marker names."""
-    text = RECIPE.read_text()
+def shown_outputs(doc: Path = RECIPE) -> dict[str, list[list[str]]]:
+    """Output blocks of ``doc``, keyed by the command their marker names."""
+    text = doc.read_text()
     outputs: dict[str, list[list[str]]] = {}
     for marker in OUTPUT_MARKER.finditer(text):
         block = FENCE.search(text, marker.end())
@@ -153,16 +199,26 @@ def shown_outputs() -> dict[str, list[list[str]]]:
     return outputs
 
 
-@pytest.mark.parametrize("module", ["examples.typed_streaming.run_async", "examples.typed_streaming.run_sync"])
-def test_recipe_output_blocks_match_a_real_run(module: str) -> None:
+@pytest.mark.parametrize(
+    ("doc", "module"),
+    [
+        (RECIPE, "examples.typed_streaming.run_async"),
+        (RECIPE, "examples.typed_streaming.run_sync"),
+        (LEAN_RECIPE, LEAN_EXAMPLE),
+    ],
+    ids=["run_async", "run_sync", "lean_check"],
+)
+def test_recipe_output_blocks_match_a_real_run(doc: Path, module: str, request: pytest.FixtureRequest) -> None:
+    if module == LEAN_EXAMPLE:
+        request.getfixturevalue("lean_ready")
     command = f"python -m {module}"
-    shown = shown_outputs().get(command)
-    assert shown, f"the recipe shows no output of {command}"
+    shown = shown_outputs(doc).get(command)
+    assert shown, f"{doc.name} shows no output of {command}"
     actual = output_of(module)
     for block in shown:
         rest = iter(actual)  # every shown line must appear, in order (a run may add coalescible progress lines)
         for line in block:
             assert any(line == got for got in rest), (
-                f"the recipe shows {line!r} in the output of {command}, but a real run does not print it "
+                f"{doc.name} shows {line!r} in the output of {command}, but a real run does not print it "
                 f"there; the run printed:\n" + "\n".join(actual)
             )
