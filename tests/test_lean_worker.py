@@ -353,3 +353,21 @@ async def test_a_session_the_child_dropped_is_charged_and_the_parent_catches_up(
     assert generations == [1, 1, 1, 2]
     assert stats.imports == 4
     assert stats.restarts == {"max_imports": 1}
+
+
+async def test_columns_count_code_points_in_both_engines(config) -> None:  # type: ignore[no-untyped-def]
+    """The LSP counts UTF-16 units; results count code points, like Lean's --json output.
+    Characters outside the BMP (two UTF-16 units each) before an error must not shift it."""
+    code = snippet("type_error.lean")
+    line, column = expected_error(code)
+    lines = code.splitlines(keepends=True)
+    lines[line - 1] = "/- 𝔸𝔹ℂ -/ " + lines[line - 1]  # 𝔸 and 𝔹 are outside the BMP, ℂ is not
+    code = "".join(lines)
+    async with Worker(config()) as worker:
+        warm = await worker.call(CHECK, CheckRequest(code))
+        cold = await worker.call(CHECK, CheckRequest(code, engine="cold"))
+    shift = len("/- 𝔸𝔹ℂ -/ ")
+    for result in (warm, cold):
+        error = next(m for m in result.messages if m.severity == "error")
+        assert (error.pos.line, error.pos.column) == (line, column + shift), result.session
+    assert [(m.pos, m.end_pos) for m in warm.messages] == [(m.pos, m.end_pos) for m in cold.messages]
