@@ -16,6 +16,7 @@ one (a session's document always starts with the same canonical header).
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -62,8 +63,7 @@ class FileWorker:
     ) -> None:
         self.uri = uri
         self.version = 0
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._lock = threading.Lock()  # guards the stderr tail
         self._responses: dict[int, dict[str, Any]] = {}
         self._diagnostics: dict[int, list[dict[str, Any]]] = {}
         self._next_id = 0
@@ -82,7 +82,12 @@ class FileWorker:
             preexec_fn=pdeathsig_preexec,
         )
         self._write_lock = threading.Lock()
-        threading.Thread(target=self._read_stdout, name=f"lean-worker-out-{self.proc.pid}", daemon=True).start()
+        assert self.proc.stdout is not None
+        self._fd = self.proc.stdout.fileno()
+        os.set_blocking(self._fd, False)
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN | select.POLLHUP)
+        self._buf = bytearray()
         self._err_thread = threading.Thread(target=self._read_stderr, name=f"lean-worker-err-{self.proc.pid}", daemon=True)
         self._err_thread.start()
         self._send({"jsonrpc": "2.0", "id": 0, "method": "initialize",
@@ -106,45 +111,55 @@ class FileWorker:
             stdin.write(data)
             stdin.flush()
 
-    def _read_stdout(self) -> None:
-        stream = self.proc.stdout
-        assert stream is not None
+    def _pump(self, deadline: float | None) -> bool:
+        """Read what Lean has written and dispatch every complete message.
+
+        Reads inline, in the checking thread: a reader thread would hand each reply over
+        through the GIL, which costs milliseconds per check when the cores are busy.
+        Returns False at end of file or when ``deadline`` passed with nothing to read.
+        """
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._poll.poll(None if remaining is None else remaining * 1000):
+            return False
         try:
-            while True:
-                length = -1
-                while True:
-                    line = stream.readline()
-                    if not line:
-                        return
-                    line = line.strip()
-                    if not line:
-                        break
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                if length < 0:
-                    continue
-                message = orjson.loads(stream.read(length))
-                self._dispatch(message)
-        except (OSError, ValueError, orjson.JSONDecodeError):
-            return
-        finally:
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            self._eof = True
+            return False
+        buf = self._buf
+        buf += data
+        while True:
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return True
+            length = -1
+            for line in bytes(buf[:head_end]).split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body_start = head_end + 4
+            if length < 0:  # not a header we understand: drop it
+                del buf[:body_start]
+                continue
+            if len(buf) < body_start + length:
+                return True
+            message = orjson.loads(bytes(buf[body_start:body_start + length]))
+            del buf[:body_start + length]
+            self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         method = message.get("method")
         if method is None:
-            with self._cond:
-                self._responses[message.get("id", -1)] = message
-                self._cond.notify_all()
+            self._responses[message.get("id", -1)] = message
         elif method == "textDocument/publishDiagnostics":
             params = message["params"]
             version = params.get("version")
             if isinstance(version, int):
-                with self._cond:
-                    self._diagnostics[version] = params.get("diagnostics", [])
+                self._diagnostics[version] = params.get("diagnostics", [])
         elif "id" in message:  # a request from the server (capability registration etc.)
             try:
                 self._send({"jsonrpc": "2.0", "id": message["id"], "result": None})
@@ -191,18 +206,13 @@ class FileWorker:
                         "params": {"uri": self.uri, "version": version}})
         except OSError:
             raise self._crashed() from None
-        with self._cond:
-            while rid not in self._responses:
-                if self._eof:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            response = self._responses.pop(rid, None)
-            diagnostics = self._diagnostics.pop(version, [])
-            for old in [v for v in self._diagnostics if v < version]:
-                del self._diagnostics[old]
+        while rid not in self._responses:
+            if self._eof or not self._pump(deadline):
+                break
+        response = self._responses.pop(rid, None)
+        diagnostics = self._diagnostics.pop(version, [])
+        for old in [v for v in self._diagnostics if v < version]:
+            del self._diagnostics[old]
         if response is None:
             if self._eof or not self.alive:
                 raise self._crashed()
