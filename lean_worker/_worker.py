@@ -286,6 +286,8 @@ class Worker:
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._entered = False
+        self._start_on_enter = True
+        """The pool enters many workers in one task and starts their children concurrently."""
         self._rss_at_kill = 0
         self._spin_s = config.spin_wait_us / 1e6
         self._spin: dict[str, _SpinState] = {}
@@ -304,7 +306,8 @@ class Worker:
         try:
             if self.policy.idle_restart_s is not None or self.policy.rss_hard_limit_bytes is not None:
                 self._tg.start_soon(self._monitor)
-            await self.start()
+            if self._start_on_enter:
+                await self.start()
         except BaseException:
             await self._teardown()
             raise

@@ -1,0 +1,468 @@
+"""A local pool of supervised workers serving concurrent leases, with warm reuse by key.
+
+    async with Pool(lean_config(search_path=[...]), size=2) as pool:
+        result = await pool.call(CHECK, CheckRequest(code))      # leased, keyed, released
+        async with pool.map(CHECK, requests) as outcomes:        # spread over the pool
+            async for outcome in outcomes:                       # as they finish
+                ...
+
+- **Leases.** ``pool.lease(key)`` gives one task a worker to itself; many tasks hold leases
+  on different workers at once. Admission is first in, first out: a task that finds every
+  worker busy queues, and fails with ``QueueTimeout`` after ``queue_timeout_s``.
+- **Warm reuse.** A key names warm state in a worker (for Lean: the session key of a
+  snippet's header). A lease with a key goes to an idle worker that has served the key if
+  there is one (a hit), else to the idle worker with the fewest keys (a miss). Each worker
+  remembers at most ``keys_per_worker`` keys, least recently used out first (an eviction),
+  matching the child's own session limit. A worker that restarted has lost its keys.
+- **Memory.** ``rss_budget_bytes`` bounds the pool's total: before a lease, if the workers'
+  trees are over it (RSS, confirmed by PSS), idle workers are cycled largest first; if the
+  pool is still over, the lease is refused with ``PoolBudgetExceeded``. The per-worker
+  ceiling and idle cycling are the workers' own ``RestartPolicy``.
+- **Invalidation.** A lease is bound to the generation of its worker's child. If that child
+  ends while the lease is held (a crash, a timeout), the lease is invalidated: its next call
+  raises ``LeaseInvalidated`` instead of running on a new child that lacks the state the
+  holder built.
+- **Batches.** ``pool.map(command, requests)`` runs every request on the pool and yields an
+  ``Outcome`` per request as it finishes; a request that fails (a crash, a timeout, a bad
+  item) is an outcome with ``error`` set and never fails the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Hashable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._config import WorkerConfig
+from ._errors import WorkerError
+from ._worker import DEFAULT, Worker
+
+ReqT = TypeVar("ReqT")
+RespT = TypeVar("RespT")
+
+
+class PoolError(WorkerError):
+    code = "pool.error"
+
+
+class PoolClosed(PoolError):
+    code = "pool.closed"
+
+
+class QueueTimeout(PoolError):
+    """No worker became free within ``queue_timeout_s``."""
+
+    code = "pool.queue_timeout"
+
+    def __init__(self, message: str, *, waited_s: float, queue_depth: int) -> None:
+        self.waited_s = waited_s
+        self.queue_depth = queue_depth
+        super().__init__(message)
+
+
+class PoolBudgetExceeded(PoolError):
+    """The pool's memory is over ``rss_budget_bytes`` even after cycling its idle workers."""
+
+    code = "pool.rss_budget"
+
+    def __init__(self, message: str, *, total_bytes: int, budget_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self.budget_bytes = budget_bytes
+        super().__init__(message)
+
+
+class LeaseInvalidated(PoolError):
+    """The leased worker's child ended while the lease was held."""
+
+    code = "pool.lease_invalidated"
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    index: int
+    generation: int
+    busy: bool
+    pid: int | None
+    keys: list[Hashable]
+    """Warm keys, most recently used last."""
+    requests: int
+    restarts: dict[str, int]
+    rss_bytes: int | None
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """The state of a pool, for monitoring (see ``Pool.snapshot``)."""
+
+    workers: list[WorkerSnapshot]
+    busy: int
+    queue_depth: int
+    warm_keys: int
+    total_rss_bytes: int | None
+    """Sum of the last RSS reading of every worker's tree (``None`` before any)."""
+    restarts: dict[str, int]
+    key_hits: int
+    key_misses: int
+    key_evictions: int
+    leases: int
+    queue_timeouts: int
+    budget_refusals: int
+    budget_cycles: int
+
+
+@dataclass
+class _Slot:
+    index: int
+    worker: Worker
+    busy: bool = False
+    generation: int = 0
+    keys: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
+    last_used: float = 0.0
+
+
+@dataclass
+class _Waiter:
+    key: Hashable | None
+    event: anyio.Event = field(default_factory=anyio.Event)
+    slot: _Slot | None = None
+
+
+class Lease:
+    """Exclusive use of one pool worker, bound to the generation of its child."""
+
+    def __init__(self, slot: _Slot) -> None:
+        self._slot = slot
+        self.generation = slot.worker.generation
+        self.index = slot.index
+
+    @property
+    def valid(self) -> bool:
+        worker = self._slot.worker
+        return worker.generation == self.generation and worker.pid is not None
+
+    @property
+    def worker(self) -> Worker:
+        """The leased worker; raises ``LeaseInvalidated`` once its child has ended."""
+        if not self.valid:
+            raise LeaseInvalidated(
+                f"pool worker {self.index}: its child (generation {self.generation}) ended while leased; "
+                f"now generation={self._slot.worker.generation}: take a new lease"
+            )
+        return self._slot.worker
+
+    async def call(self, command: Any, request: Any, **options: Any) -> Any:
+        return await self.worker.call(command, request, **options)
+
+    def stream(self, command: Any, request: Any, **options: Any) -> Any:
+        return self.worker.stream(command, request, **options)
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[ReqT, RespT]):
+    """The result of one request of ``Pool.map``: ``value`` or ``error``."""
+
+    index: int
+    request: ReqT
+    value: RespT | None
+    error: WorkerError | None
+    worker: int
+    """Index of the pool worker that ran it (-1 if it never got one)."""
+    generation: int
+    elapsed_s: float
+
+
+class Pool:
+    """``size`` supervised workers, all started from ``config`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        size: int,
+        *,
+        queue_timeout_s: float | None = 60.0,
+        rss_budget_bytes: int | None = None,
+        keys_per_worker: int = 8,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1; got {size}")
+        if keys_per_worker < 1:
+            raise ValueError(f"keys_per_worker must be >= 1; got {keys_per_worker}")
+        if queue_timeout_s is not None and queue_timeout_s <= 0:
+            raise ValueError(f"queue_timeout_s must be positive or None; got {queue_timeout_s}")
+        self.config = config
+        self.size = size
+        self.queue_timeout_s = queue_timeout_s
+        self.rss_budget_bytes = rss_budget_bytes
+        self.keys_per_worker = keys_per_worker
+        self._slots = [
+            _Slot(i, Worker(replace(config, name=f"{config.name}-{i}"))) for i in range(size)
+        ]
+        self._waiters: deque[_Waiter] = deque()
+        self._closed = True
+        self._counts: Counter[str] = Counter()
+        self._rss: dict[int, int | None] = {}
+        self._stack = AsyncExitStack()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> Pool:
+        # Each worker's context is entered here, in this task (its task group must be exited
+        # in the task that entered it); their children start concurrently.
+        self._stack = AsyncExitStack()
+        self._closed = False
+        try:
+            for slot in self._slots:
+                slot.worker._start_on_enter = False
+                await self._stack.enter_async_context(slot.worker)
+            async with anyio.create_task_group() as tg:
+                for slot in self._slots:
+                    tg.start_soon(slot.worker.start)
+        except BaseException:
+            await self.close()
+            raise
+        for slot in self._slots:
+            slot.generation = slot.worker.generation
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every worker; queued lease requests fail with ``PoolClosed``."""
+        self._closed = True
+        while self._waiters:
+            self._waiters.popleft().event.set()
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for slot in self._slots:
+                    tg.start_soon(slot.worker.close)
+        await self._stack.aclose()  # outside the shield: each worker exits its own task group
+
+    # -- leases -------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lease(self, key: Hashable | None = None) -> AsyncIterator[Lease]:
+        """Lease a worker (warm for ``key`` if one is idle); released when the block ends."""
+        slot = await self._acquire(key)
+        try:
+            if slot.worker.pid is None:  # retired while idle, or its child died: start one now
+                await slot.worker.start()
+            self._refresh(slot)
+            yield Lease(slot)
+        finally:
+            self._release(slot)
+
+    async def call(
+        self, command: Any, request: Any, *, key: Hashable | None = None, timeout: float | None = DEFAULT
+    ) -> Any:
+        """Run one ``Call`` on a leased worker. ``key`` defaults to the command's session key."""
+        if key is None:
+            key = _first_key(command, request)
+        async with self.lease(key) as lease:
+            return await lease.call(command, request, timeout=timeout)
+
+    async def _acquire(self, key: Hashable | None) -> _Slot:
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        await self._enforce_budget()
+        if not self._waiters:
+            slot = self._pick(key)
+            if slot is not None:
+                return slot
+        waiter = _Waiter(key)
+        self._waiters.append(waiter)
+        started = time.monotonic()
+        with anyio.move_on_after(math.inf if self.queue_timeout_s is None else self.queue_timeout_s):
+            try:
+                await waiter.event.wait()
+            except BaseException:
+                if waiter.slot is not None:  # handed a worker just as we were cancelled
+                    slot, waiter.slot = waiter.slot, None
+                    self._release(slot)
+                elif waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
+        if waiter.slot is not None:
+            return waiter.slot
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        if self._closed:
+            raise PoolClosed("the pool closed while this lease request was queued")
+        self._counts["queue_timeouts"] += 1
+        raise QueueTimeout(
+            f"no pool worker became free; waited_s={time.monotonic() - started:.3f} size={self.size} "
+            f"queue_depth={len(self._waiters) + 1}",
+            waited_s=time.monotonic() - started,
+            queue_depth=len(self._waiters) + 1,
+        )
+
+    def _refresh(self, slot: _Slot) -> None:
+        """Forget the keys of a worker whose child is not the one that served them."""
+        worker = slot.worker
+        if worker.generation != slot.generation:
+            slot.keys.clear()
+            slot.generation = worker.generation
+
+    def _pick(self, key: Hashable | None) -> _Slot | None:
+        idle = [s for s in self._slots if not s.busy]
+        if not idle:
+            return None
+        for candidate in idle:
+            self._refresh(candidate)
+        warm = None if key is None else next((s for s in idle if key in s.keys), None)
+        if key is not None:
+            self._counts["key_hits" if warm is not None else "key_misses"] += 1
+        slot = warm if warm is not None else min(idle, key=lambda s: (len(s.keys), s.last_used))
+        if key is not None:
+            slot.keys[key] = None
+            slot.keys.move_to_end(key)
+            while len(slot.keys) > self.keys_per_worker:
+                slot.keys.popitem(last=False)
+                self._counts["key_evictions"] += 1
+        slot.busy = True
+        self._counts["leases"] += 1
+        return slot
+
+    def _release(self, slot: _Slot) -> None:
+        slot.busy = False
+        slot.last_used = time.monotonic()
+        while self._waiters:
+            waiter = self._waiters[0]
+            chosen = self._pick(waiter.key)
+            if chosen is None:
+                return
+            self._waiters.popleft()
+            waiter.slot = chosen
+            waiter.event.set()
+
+    # -- memory -------------------------------------------------------------------------------
+    async def _measure(self) -> int:
+        total = 0
+        for slot in self._slots:
+            value = await slot.worker.rss()
+            self._rss[slot.index] = value
+            total += value or 0
+        return total
+
+    async def _enforce_budget(self) -> None:
+        budget = self.rss_budget_bytes
+        if budget is None:
+            return
+        total = await self._measure()
+        if total <= budget:
+            return
+        confirmed = sum([await s.worker.pss() or 0 for s in self._slots])
+        if confirmed <= budget:
+            return
+        # Cycle idle workers, largest first, until the pool fits.
+        for slot in sorted((s for s in self._slots if not s.busy), key=lambda s: -(self._rss.get(s.index) or 0)):
+            if slot.worker.pid is None:
+                continue
+            slot.busy = True  # nobody leases it while it cycles
+            try:
+                await slot.worker.cycle()
+                self._counts["budget_cycles"] += 1
+            finally:
+                self._release(slot)
+            confirmed = sum([await s.worker.pss() or 0 for s in self._slots])
+            if confirmed <= budget:
+                return
+        self._counts["budget_refusals"] += 1
+        raise PoolBudgetExceeded(
+            f"the pool's memory is over its budget after cycling every idle worker; "
+            f"total_bytes={confirmed} budget_bytes={budget}",
+            total_bytes=confirmed,
+            budget_bytes=budget,
+        )
+
+    # -- batches ------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def map(
+        self,
+        command: Any,
+        requests: Iterable[Any],
+        *,
+        timeout: float | None = DEFAULT,
+        concurrency: int | None = None,
+    ) -> AsyncIterator[MemoryObjectReceiveStream[Outcome[Any, Any]]]:
+        """Run ``command`` (a ``Call``) for every request on the pool; yield outcomes as they finish.
+
+        ``async with pool.map(CHECK, reqs) as outcomes: async for o in outcomes: ...``.
+        Leaving the block early cancels what is still running.
+        """
+        items = iter(enumerate(requests))
+        send, receive = anyio.create_memory_object_stream[Outcome[Any, Any]](self.size * 2)
+
+        async def runner(out: MemoryObjectSendStream[Outcome[Any, Any]]) -> None:
+            async with out:
+                for index, request in items:
+                    outcome = await self._run_one(command, index, request, timeout)
+                    await out.send(outcome)
+
+        async with anyio.create_task_group() as tg:
+            _start_runners(tg, runner, send, concurrency or self.size)
+            async with receive:
+                yield receive
+                tg.cancel_scope.cancel()
+
+    async def _run_one(self, command: Any, index: int, request: Any, timeout: float | None) -> Outcome[Any, Any]:
+        started = time.perf_counter()
+        worker, generation = -1, 0
+        try:
+            async with self.lease(_first_key(command, request)) as lease:
+                worker, generation = lease.index, lease.generation
+                value = await lease.call(command, request, timeout=timeout)
+        except WorkerError as exc:
+            return Outcome(index, request, None, exc, worker, generation, time.perf_counter() - started)
+        return Outcome(index, request, value, None, worker, generation, time.perf_counter() - started)
+
+    # -- monitoring ---------------------------------------------------------------------------
+    def snapshot(self) -> PoolSnapshot:
+        restarts: Counter[str] = Counter()
+        workers = []
+        for slot in self._slots:
+            stats = slot.worker.stats()
+            restarts.update(stats.restarts)
+            rss = stats.last_rss_bytes if stats.last_rss_bytes is not None else self._rss.get(slot.index)
+            workers.append(WorkerSnapshot(
+                slot.index, slot.worker.generation, slot.busy, slot.worker.pid, list(slot.keys),
+                stats.requests, dict(stats.restarts), rss,
+            ))
+        readings = [w.rss_bytes for w in workers if w.rss_bytes is not None]
+        c = self._counts
+        return PoolSnapshot(
+            workers=workers,
+            busy=sum(w.busy for w in workers),
+            queue_depth=len(self._waiters),
+            warm_keys=sum(len(w.keys) for w in workers),
+            total_rss_bytes=sum(readings) if readings else None,
+            restarts=dict(restarts),
+            key_hits=c["key_hits"],
+            key_misses=c["key_misses"],
+            key_evictions=c["key_evictions"],
+            leases=c["leases"],
+            queue_timeouts=c["queue_timeouts"],
+            budget_refusals=c["budget_refusals"],
+            budget_cycles=c["budget_cycles"],
+        )
+
+
+def _first_key(command: Any, request: Any) -> Hashable | None:
+    keys_of = getattr(command, "session_keys", None)
+    if keys_of is None:
+        return None
+    for key in keys_of(request):
+        return key  # type: ignore[no-any-return]
+    return None
+
+
+def _start_runners(tg: TaskGroup, runner: Any, send: MemoryObjectSendStream[Any], count: int) -> None:
+    for _ in range(count):
+        tg.start_soon(runner, send.clone())
+    send.close()

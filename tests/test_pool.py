@@ -1,0 +1,215 @@
+"""The pool: concurrent leases, FIFO admission with a queue timeout, warm reuse by key and
+eviction, the RSS budget, lease invalidation, batches with partial results, snapshots.
+
+Generic behaviour runs on the workload test child (fast); warm reuse runs on the real Lean
+worker with the fixture library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from children.workload import EXIT, HOLD, SLEEP, Exit, Hold, Sleep
+from conftest import child_config
+from lean_worker import RemoteError, RequestTimeout, WorkerCrashed
+from lean_worker._pool import LeaseInvalidated, Pool, PoolBudgetExceeded, PoolClosed, QueueTimeout
+from lean_worker.lean import CHECK, CheckRequest, LeanCrashed, lean_config
+
+SNIPPETS = Path(__file__).resolve().parents[1] / "lean" / "snippets"
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+
+def workload(**options: object):  # type: ignore[no-untyped-def]
+    return child_config("tests.children.workload", **options)
+
+
+async def test_many_tasks_share_the_workers_concurrently() -> None:
+    active = peak = 0
+    used: set[int] = set()
+
+    async with Pool(workload(), size=3) as pool:
+        async def job(i: int) -> None:
+            nonlocal active, peak
+            async with pool.lease() as lease:
+                active += 1
+                peak = max(peak, active)
+                used.add(lease.index)
+                await lease.call(SLEEP, Sleep(0.1))
+                active -= 1
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(12):
+                    tg.start_soon(job, i)
+        snap = pool.snapshot()
+    assert peak == 3
+    assert used == {0, 1, 2}
+    assert snap.leases == 12
+    assert snap.busy == 0 and snap.queue_depth == 0
+    assert sum(w.requests for w in snap.workers) == 12
+
+
+async def test_admission_is_first_in_first_out() -> None:
+    order: list[int] = []
+    async with Pool(workload(), size=1) as pool:
+        async def job(i: int) -> None:
+            async with pool.lease() as lease:
+                order.append(i)
+                await lease.call(SLEEP, Sleep(0.02))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(job, i)
+                await anyio.sleep(0.01)  # each queues behind the previous one
+    assert order == list(range(6))
+
+
+async def test_queue_timeout_is_typed_and_counted() -> None:
+    async with Pool(workload(), size=1, queue_timeout_s=0.2) as pool:
+        async with pool.lease():
+            with pytest.raises(QueueTimeout) as info:
+                async with pool.lease():
+                    pass
+            assert info.value.code == "pool.queue_timeout"
+            assert info.value.waited_s >= 0.2
+            assert pool.snapshot().queue_depth == 0  # the timed-out request left the queue
+        # The worker is free again: the next lease gets it at once.
+        async with pool.lease() as lease:
+            await lease.call(SLEEP, Sleep(0))
+        assert pool.snapshot().queue_timeouts == 1
+
+
+async def test_rss_budget_cycles_idle_workers_then_refuses() -> None:
+    async with Pool(workload(), size=2, rss_budget_bytes=1) as pool:
+        with pytest.raises(PoolBudgetExceeded) as info:
+            async with pool.lease():
+                pass
+        snap = pool.snapshot()
+    assert info.value.code == "pool.rss_budget"
+    assert info.value.total_bytes > info.value.budget_bytes == 1
+    assert snap.budget_cycles == 2  # every idle worker was cycled first
+    assert snap.budget_refusals == 1
+    assert snap.restarts == {"explicit": 2}
+
+
+async def test_rss_budget_admits_after_cycling_a_bloated_worker() -> None:
+    async with Pool(workload(), size=2) as pool:
+        async with pool.lease() as lease:
+            await lease.call(HOLD, Hold(200))  # 200 MiB held by one child
+            bloated = lease.index
+        total = sum([await s.worker.pss() or 0 for s in pool._slots])
+        pool.rss_budget_bytes = total - 100 * 1024 * 1024  # under what the pool holds now
+        async with pool.lease() as lease:
+            await lease.call(SLEEP, Sleep(0))
+        snap = pool.snapshot()
+    assert snap.budget_cycles == 1
+    assert snap.budget_refusals == 0
+    assert snap.workers[bloated].restarts == {"explicit": 1}
+
+
+async def test_a_lease_is_invalidated_when_its_worker_crashes() -> None:
+    async with Pool(workload(), size=1) as pool:
+        async with pool.lease() as lease:
+            assert lease.valid
+            with pytest.raises(WorkerCrashed):
+                await lease.call(EXIT, Exit(3))
+            assert not lease.valid
+            with pytest.raises(LeaseInvalidated) as info:
+                await lease.call(SLEEP, Sleep(0))
+            assert info.value.code == "pool.lease_invalidated"
+        async with pool.lease() as fresh:  # a new lease starts a new child
+            assert fresh.valid and fresh.generation == 2
+            await fresh.call(SLEEP, Sleep(0))
+
+
+async def test_map_returns_every_outcome_despite_crashes_and_timeouts() -> None:
+    requests = [Sleep(0.01), Sleep(5.0), Sleep(0.01), Sleep(0.01)]
+    async with Pool(workload(), size=2) as pool:
+        async with pool.map(SLEEP, requests, timeout=1.0) as outcomes:
+            got = [o async for o in outcomes]
+    assert sorted(o.index for o in got) == [0, 1, 2, 3]
+    by_index = {o.index: o for o in got}
+    assert isinstance(by_index[1].error, RequestTimeout)
+    assert all(by_index[i].error is None and by_index[i].value is not None for i in (0, 2, 3))
+    assert {o.worker for o in got} <= {0, 1}
+
+
+async def test_closed_pool_refuses_leases() -> None:
+    pool = Pool(workload(), size=1)
+    async with pool:
+        pass
+    with pytest.raises(PoolClosed):
+        async with pool.lease():
+            pass
+
+
+# -- warm reuse with real Lean ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def library(lean_toolchain):  # type: ignore[no-untyped-def]
+    from lean_worker_child.lean.fixtures import build_library
+
+    return build_library(lean_toolchain.lean)
+
+
+def lean_pool_config(lean_toolchain, library, **options):  # type: ignore[no-untyped-def]
+    options.setdefault("request_timeout_s", 60)
+    return lean_config(lean=lean_toolchain.lean, search_path=[library.root], **options)
+
+
+HEADERS = ["prelude\nimport LwFix.Logic\n", "prelude\nimport LwFix.Nat\n", "prelude\nimport LwFix.List\n"]
+
+
+async def test_warm_keys_route_checks_to_the_worker_that_has_the_header(lean_toolchain, library) -> None:  # type: ignore[no-untyped-def]
+    async with Pool(lean_pool_config(lean_toolchain, library), size=2) as pool:
+        first = [await pool.call(CHECK, CheckRequest(h)) for h in HEADERS[:2]]
+        again = [await pool.call(CHECK, CheckRequest(h + "\n")) for h in HEADERS[:2] * 3]
+        snap = pool.snapshot()
+    assert [r.session for r in first] == ["import", "import"]
+    assert {r.session for r in again} == {"warm"}
+    assert (snap.key_misses, snap.key_hits) == (2, 6)
+    assert sorted(len(w.keys) for w in snap.workers) == [1, 1]  # one header per worker
+    assert sum(w.requests for w in snap.workers) == 8
+
+
+async def test_least_recently_used_keys_are_evicted(lean_toolchain, library) -> None:  # type: ignore[no-untyped-def]
+    config = lean_pool_config(lean_toolchain, library, max_sessions=2)
+    async with Pool(config, size=1, keys_per_worker=2) as pool:
+        for h in (HEADERS[0], HEADERS[1], HEADERS[0], HEADERS[2]):  # HEADERS[1] is least recently used
+            await pool.call(CHECK, CheckRequest(h))
+        snap = pool.snapshot()
+        assert snap.workers[0].keys == [("prelude", "import LwFix.Logic"), ("prelude", "import LwFix.List")]
+        assert (snap.key_hits, snap.key_misses, snap.key_evictions) == (1, 3, 1)
+        assert (await pool.call(CHECK, CheckRequest(HEADERS[0]))).session == "warm"
+
+
+async def test_a_lean_batch_with_crashing_and_hanging_items_returns_every_other_result(lean_toolchain, library) -> None:  # type: ignore[no-untyped-def]
+    def s(name: str) -> str:
+        return (SNIPPETS / name).read_text()
+
+    requests = [
+        CheckRequest(s("ok.lean"), id="ok"),
+        CheckRequest(s("crash.lean"), id="crash"),
+        CheckRequest(s("type_error.lean"), id="type_error"),
+        CheckRequest(s("hang.lean"), id="hang-deadline", timeout_s=1.0),
+        CheckRequest(s("hang.lean"), id="hang-request"),  # only the request timeout stops it
+        CheckRequest(s("sorry.lean"), id="sorry"),
+        CheckRequest(s("ok.lean"), id="ok-again"),
+    ]
+    async with Pool(lean_pool_config(lean_toolchain, library), size=2) as pool:
+        async with pool.map(CHECK, requests, timeout=4.0) as outcomes:
+            got = {o.request.id: o async for o in outcomes}
+        snap = pool.snapshot()
+    assert set(got) == {r.id for r in requests}
+    assert got["ok"].value.verdict == got["ok-again"].value.verdict == "ok"
+    assert got["type_error"].value.verdict == "errors"
+    assert got["sorry"].value.verdict == "sorry"
+    assert isinstance(got["crash"].error, LeanCrashed)
+    assert isinstance(got["hang-deadline"].error, RemoteError)
+    assert got["hang-deadline"].error.code == "lean.timeout"
+    assert isinstance(got["hang-request"].error, RequestTimeout)
+    assert snap.restarts.get("request_timeout") == 1  # only the request timeout replaced a worker
