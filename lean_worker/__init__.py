@@ -50,6 +50,10 @@ from ._errors import (
 from ._exit import ExitCause, ExitInfo
 from ._sync import SyncStreamCall, SyncWorker
 from ._worker import DEFAULT, RowBatch, ShutdownReport, StreamCall, StreamSummary, Worker, WorkerStats
+from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorItem, DoctorReport
+from ._errors import ChildNotFound
+from ._probe import check, check_sync, doctor, doctor_sync
+from ._resolve import resolve_child, sibling
 
 __version__ = "0.1.0"
 
@@ -106,4 +110,16 @@ __all__ = [
     "WorkerCrashed",
     "WorkerError",
     "WorkerStats",
+    "DOCTOR",
+    "CheckItem",
+    "CheckReport",
+    "ChildNotFound",
+    "DoctorItem",
+    "DoctorReport",
+    "check",
+    "check_sync",
+    "doctor",
+    "doctor_sync",
+    "resolve_child",
+    "sibling",
 ]

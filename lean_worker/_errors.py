@@ -4,7 +4,8 @@
     ├── WorkerClosed                     worker.closed
     ├── StartupError                     worker.startup.failed
     │   ├── StartupTimeout               worker.startup.timeout
-    │   └── HandshakeError               worker.startup.handshake_failed
+    │   ├── HandshakeError               worker.startup.handshake_failed
+    │   └── ChildNotFound                worker.child_not_found        resolve_child found no child
     ├── RestartLimitExceeded             worker.restart_limit
     └── RequestError                     (one request failed; the worker lives on)
         ├── RequestTooLarge              worker.request_too_large      nothing was sent
@@ -297,3 +298,15 @@ class UnexpectedFrame(ProtocolViolation):
 
 class ChannelClosed(ProtocolViolation):
     code = "protocol.channel_closed"
+
+
+class ChildNotFound(StartupError):
+    """``resolve_child`` (or ``sibling``) found no worker child. ``tried`` lists every place
+    it looked, with why each one did not do, in the order tried."""
+
+    code = "worker.child_not_found"
+
+    def __init__(self, message: str, *, tried: tuple[str, ...], hint: str = "") -> None:
+        self.tried = tried
+        self.hint = hint
+        super().__init__(message)

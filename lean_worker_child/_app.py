@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -30,6 +30,7 @@ from lean_worker_protocol import (
     Stream,
     Welcome,
 )
+from lean_worker_protocol.probe import DOCTOR, SEVERITIES, DoctorItem, DoctorReport, DoctorRequest
 
 from . import _boot
 from ._connection import Cancelled, Connection, ProtocolBroken, RequestContext
@@ -38,6 +39,10 @@ _MESSAGE_LIMIT = 4 * 1024
 _TRACEBACK_LIMIT = 32 * 1024
 
 Handler = Callable[[Any, RequestContext], Any]
+DoctorContributor = Callable[[], Iterable[DoctorItem]]
+"""Returns (or yields) what one capability diagnoses about itself; see ``WorkerApp.doctor``."""
+
+_BUILTIN = frozenset({DOCTOR.name})
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ def _facts(exc: BaseException) -> dict[str, str | int | float | bool | None]:
     }
 
 
+def _info(command: Command) -> CommandInfo:
+    return CommandInfo(command.name, command.kind, command.import_like, command.fingerprint, command.streams)  # type: ignore[arg-type]
+
+
 class WorkerApp:
     """The commands one worker child serves.
 
@@ -92,12 +101,16 @@ class WorkerApp:
     A handler gets the decoded request and a ``RequestContext``; a ``Call`` handler returns
     the response, a ``Stream`` handler emits rows through the context and returns the
     summary. An exception in a handler becomes a typed error response; the child lives on.
+
+    Every app also serves the built-in ``worker.doctor`` (``lean_worker_protocol.probe.DOCTOR``):
+    the items of the contributors registered with ``@app.doctor``.
     """
 
     def __init__(self, name: str, version: str = "0") -> None:
         self.name = name
         self.version = version
-        self._commands: dict[str, _Registered] = {}
+        self._commands: dict[str, _Registered] = {DOCTOR.name: _Registered(DOCTOR, self._serve_doctor)}
+        self._doctors: list[DoctorContributor] = []
 
     def handler(self, command: Command) -> Callable[[Handler], Handler]:
         if not isinstance(command, (Call, Stream)):
@@ -111,15 +124,47 @@ class WorkerApp:
 
         return register
 
+    def doctor(self, fn: DoctorContributor) -> DoctorContributor:
+        """Register a doctor contributor: ``fn()`` returns or yields ``DoctorItem``s.
+
+        ::
+
+            @app.doctor
+            def dictionary() -> Iterator[DoctorItem]:
+                yield DoctorItem("wordstat.stopwords", "ok", f"{len(STOPWORDS)} stop words")
+
+        Contributors run in registration order on each ``worker.doctor`` request. One that
+        raises, or returns something other than ``DoctorItem``s, becomes an error item
+        named after it; the others still report.
+        """
+        self._doctors.append(fn)
+        return fn
+
+    def _serve_doctor(self, request: DoctorRequest, ctx: RequestContext) -> DoctorReport:
+        items: list[DoctorItem] = []
+        for fn in self._doctors:
+            name = getattr(fn, "__qualname__", repr(fn))
+            try:
+                produced = list(fn())
+            except Exception as exc:
+                message = _bounded(f"doctor contributor raised {type(exc).__name__}: {exc}", _MESSAGE_LIMIT)
+                items.append(DoctorItem(name, "error", message, "a bug in the contributor: call it in the child's environment to see the traceback"))
+                continue
+            for item in produced:
+                if isinstance(item, DoctorItem) and item.severity in SEVERITIES:
+                    items.append(item)
+                else:
+                    message = f"doctor contributor produced {item!r:.200}, not a DoctorItem with a known severity"
+                    items.append(DoctorItem(name, "error", message))
+        return DoctorReport(self.name, self.version, items)
+
     @property
     def commands(self) -> tuple[Command, ...]:
-        return tuple(r.command for r in self._commands.values())
+        """The app's own commands (the built-in ``worker.doctor`` is served but not listed)."""
+        return tuple(r.command for r in self._commands.values() if r.command.name not in _BUILTIN)
 
     def command_infos(self) -> tuple[CommandInfo, ...]:
-        return tuple(
-            CommandInfo(c.name, c.kind, c.import_like, c.fingerprint, c.streams)  # type: ignore[arg-type]
-            for c in self.commands
-        )
+        return tuple(_info(c) for c in self.commands)
 
     def serve(self) -> NoReturn:
         """Run as a supervised child until the parent shuts us down. Never returns."""
@@ -159,7 +204,7 @@ class _Server:
                 self.app.name,
                 self.app.version,
                 os.getpid(),
-                self.app.command_infos(),
+                (*self.app.command_infos(), _info(DOCTOR)),  # the built-in, announced last
                 conn.max_frame_bytes,
             )
         )

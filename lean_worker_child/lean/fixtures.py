@@ -42,6 +42,7 @@ __all__ = [
     "build_library",
     "default_library_source",
     "generate_heavy_header",
+    "library_state",
 ]
 
 FIXTURES_ENV = "LEAN_WORKER_FIXTURES"
@@ -110,13 +111,25 @@ def build_library(lean: Path | str, *, source: Path | None = None, cache: Path |
     ``source`` defaults to ``default_library_source()``; ``cache`` is the cache root (default
     ``provision.cache_dir()``), the build goes to ``<cache>/fixtures/lwfix-<key>``.
     """
+    return _build("lwfix", Path(lean), _library_sources(source), cache)
+
+
+def library_state(lean: Path | str, *, source: Path | None = None, cache: Path | None = None) -> Path | None:
+    """The root ``build_library(lean, source=..., cache=...)`` would return if it is already
+    built, else ``None``. Builds nothing (it runs ``lean --version`` to compute the key)."""
+    key = _key(_toolchain_identity(Path(lean)), _library_sources(source))
+    final = (cache or cache_dir()) / "fixtures" / f"lwfix-{key}"
+    return final if (final / STAMP).is_file() else None
+
+
+def _library_sources(source: Path | None) -> dict[str, str]:
     source = Path(source) if source is not None else default_library_source()
     if not source.is_dir():
         raise FixtureError(f"fixture library source is not a directory; source={source}; set {FIXTURES_ENV}")
     sources = {path.relative_to(source).as_posix(): path.read_text() for path in sorted(source.rglob("*.lean"))}
     if not sources:
         raise FixtureError(f"fixture library source has no .lean files; source={source}")
-    return _build("lwfix", Path(lean), sources, cache)
+    return sources
 
 
 def generate_heavy_header(dest: Path, *, modules: int, decls_per_module: int) -> list[str]:

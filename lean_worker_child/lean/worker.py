@@ -4,7 +4,8 @@
                                      [--engine warm|cold] [--max-sessions N] [--lean-arg ARG]...
 
 Serves ``lean_worker_protocol.lean``: ``lean.check``, ``lean.check_batch``, ``lean.index``
-and ``lean.toolchain``. The toolchain is resolved once at start-up
+and ``lean.toolchain``, and the Lean items of ``worker.doctor`` (``lean_doctor``). The
+toolchain is resolved once at start-up
 (``toolchain.resolve_toolchain``); if none is found the worker still starts and every
 command fails with ``lean.toolchain_not_found``, so probes can report it.
 """
@@ -16,6 +17,7 @@ import atexit
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from lean_worker_protocol.lean import (
@@ -41,11 +43,14 @@ from lean_worker_protocol.lean import (
     ToolchainReport,
     parse_header,
 )
+from lean_worker_protocol.probe import DoctorItem
 
 from .. import RequestContext, WorkerApp
 from .engine import ColdEngine, WarmEngine
 from .errors import LeanCrashed, LeanError
-from .toolchain import Toolchain, ToolchainError, resolve_toolchain
+from .fixtures import FixtureError, library_state
+from .provision import cache_dir
+from .toolchain import LEAN_ENV, Toolchain, ToolchainError, resolve_toolchain
 
 app = WorkerApp("lean-worker-lean", version="0.1.0")
 
@@ -55,6 +60,9 @@ class _State:
     toolchain_error: ToolchainError | None = None
     search_path: list[str] = []
     engine = "warm"
+    max_sessions = 8
+    requested_search_path: list[str] = []
+    """``--search-path`` as given (resolved), known even when no toolchain was found."""
     warm: WarmEngine | None = None
     cold: ColdEngine | None = None
 
@@ -72,6 +80,8 @@ def configure(argv: list[str] | None = None) -> None:
     parser.add_argument("--lean-arg", action="append", default=[], help="extra argument for every lean process")
     args = parser.parse_args(argv)
     state.engine = args.engine
+    state.max_sessions = args.max_sessions
+    state.requested_search_path = [str(Path(p).resolve()) for p in args.search_path]
     try:
         state.toolchain = resolve_toolchain(args.lean, project=args.project)
     except ToolchainError as exc:
@@ -221,6 +231,85 @@ def toolchain(request: ToolchainQuery, ctx: RequestContext) -> ToolchainReport:
     tc = state.toolchain
     assert tc is not None
     return ToolchainReport(tc.lean, tc.source, tc.version, tc.commit or None, tc.prefix or None, tc.stdlib_present, state.search_path)
+
+
+@app.doctor
+def lean_doctor() -> Iterator[DoctorItem]:
+    """What ``lean-worker doctor`` shows for the Lean capability: toolchain, standard
+    library, search path, cache, fixture library and engine."""
+    tc = state.toolchain
+    if tc is None:
+        yield DoctorItem(
+            "lean.toolchain",
+            "error",
+            str(state.toolchain_error or "the Lean worker is not configured"),
+            f"pass --lean PATH (lean_config(lean=...)), set ${LEAN_ENV}, run in a Lake project, "
+            "put lean on PATH, or install the test toolchain: pip install -e '.[toolchain]'",
+        )
+    else:
+        facts = {"lean": tc.lean, "source": tc.source, "version": tc.version, "commit": tc.commit,
+                 "target": tc.target, "prefix": tc.prefix, "library_dir": tc.library_dir}
+        yield DoctorItem("lean.toolchain", "ok", f"Lean {tc.version} found by {tc.source}: {tc.lean}", data=facts)
+        if tc.stdlib_present:
+            yield DoctorItem("lean.stdlib", "ok", f"standard library present in {tc.library_dir}")
+        else:
+            yield DoctorItem(
+                "lean.stdlib",
+                "warning",
+                f"no standard library (no Init.olean in {tc.library_dir}): only prelude files check",
+                "use a full toolchain (elan, a Lake project) to import Init, Std or Mathlib",
+            )
+    yield _search_path_item(state.search_path if tc is not None else state.requested_search_path)
+    yield _cache_item()
+    if tc is not None:
+        yield _fixtures_item(tc)
+    sessions = len(state.warm.session_pids()) if state.warm is not None else 0
+    yield DoctorItem(
+        "lean.engine",
+        "ok",
+        f"engine={state.engine} max_sessions={state.max_sessions} open_sessions={sessions}",
+        data={"engine": state.engine, "max_sessions": str(state.max_sessions), "open_sessions": str(sessions)},
+    )
+
+
+def _search_path_item(dirs: list[str]) -> DoctorItem:
+    if not dirs:
+        return DoctorItem("lean.search_path", "ok", "empty: only the toolchain's own library is importable")
+    found = {d: ("exists" if Path(d).is_dir() else "missing") for d in dirs}
+    missing = [d for d, s in found.items() if s == "missing"]
+    if missing:
+        return DoctorItem(
+            "lean.search_path",
+            "warning",
+            f"{len(missing)} of {len(dirs)} search path directories are missing: {', '.join(missing)}",
+            "build the library that should be there (lake build), or fix --search-path / $LEAN_PATH",
+            found,
+        )
+    return DoctorItem("lean.search_path", "ok", f"{len(dirs)} directories, all present", data=found)
+
+
+def _cache_item() -> DoctorItem:
+    root = cache_dir()
+    data = {"path": str(root), "exists": str(root.is_dir()).lower()}
+    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        return DoctorItem("lean.cache", "warning", f"cache {root} is not writable", "set LEAN_WORKER_CACHE", data)
+    return DoctorItem("lean.cache", "ok", f"cache {root}" + ("" if root.is_dir() else " (created on first build)"), data=data)
+
+
+def _fixtures_item(tc: Toolchain) -> DoctorItem:
+    try:
+        built = library_state(tc.lean)
+    except (FixtureError, OSError) as exc:
+        return DoctorItem("lean.fixtures", "ok", f"fixture library unavailable (it is for tests only): {exc}")
+    if built is None:
+        return DoctorItem(
+            "lean.fixtures",
+            "ok",
+            "fixture library LwFix not built for this toolchain (it is for tests only)",
+            f"python -m lean_worker_child.lean.fixtures --lean {tc.lean}",
+            {"state": "not_built"},
+        )
+    return DoctorItem("lean.fixtures", "ok", f"fixture library LwFix built: {built}", data={"state": "built", "root": str(built)})
 
 
 def main(argv: list[str] | None = None) -> None:

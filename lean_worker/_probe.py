@@ -1,0 +1,343 @@
+"""``check`` and ``doctor``: is this worker child installed right, and what does it say about itself?
+
+``check(config)`` walks the path from the parent to a working child and reports each step
+as a ``CheckItem`` with a stable code, instead of raising at the first failure:
+
+1. the child's executable exists and may be executed (``check.child_*``);
+2. it starts and completes the handshake in our protocol version (``check.startup_failed``,
+   ``check.handshake_*``, ``check.protocol_version``);
+3. it serves every command the app expects, with the same schema fingerprint
+   (``check.commands_ok``, ``check.command_missing``, ``check.schema_mismatch``);
+4. for a child that serves ``lean.toolchain``: a toolchain is found, a session with the
+   given imports opens and a trivial snippet checks (``check.toolchain_*``,
+   ``check.session_*``, ``check.roundtrip_*``); for any other child the round trip is the
+   built-in ``worker.doctor``.
+
+A step runs only when the steps it needs passed. ``doctor(config)`` asks the child for its
+capabilities' own diagnostics (``worker.doctor``). The codes and the doctor contract are in
+``architecture/80-probes-and-packaging.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from lean_worker_protocol import PROTOCOL_VERSION, Command, Hello
+from lean_worker_protocol.lean import CHECK, OPEN, TOOLCHAIN, CheckRequest, OpenRequest, ToolchainQuery, ToolchainReport
+from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorReport, DoctorRequest, Severity
+
+from ._config import WorkerConfig
+from ._errors import ChildNotFound, HandshakeError, StartupError, StartupTimeout, ToolchainNotFound, WorkerError
+from ._worker import Worker
+
+__all__ = ["check", "check_sync", "doctor", "doctor_sync", "not_found_report", "render_check", "render_doctor"]
+
+ROUNDTRIP_BODY = "example : Type 1 := Type"
+"""The snippet body of the Lean round trip: elaborates with or without a standard library."""
+
+_HINT_UPGRADE = "build the parent and the child from the same version of the app's commands module (upgrade both)"
+_HINT_TOOLCHAIN = (
+    "pass --lean PATH (lean_config(lean=...)), or set $LEAN_WORKER_LEAN, run it in a "
+    "Lake project, put lean on PATH, or install the test toolchain: pip install -e '.[toolchain]'"
+)
+
+
+def _item(code: str, severity: Severity, subject: str, message: str, hint: str = "") -> CheckItem:
+    return CheckItem(code, severity, subject, message, hint)
+
+
+def not_found_report(exc: ChildNotFound) -> CheckReport:
+    """The report of a check whose child could not even be resolved."""
+    return CheckReport("(unresolved)", [_item("check.child_not_found", "error", "child", str(exc), exc.hint)])
+
+
+async def check(
+    config: WorkerConfig,
+    *,
+    expect: Sequence[Command] = (),
+    lean_imports: Sequence[str] | None = None,
+) -> CheckReport:
+    """Check that ``config``'s child works; never raises for a broken child.
+
+    ``expect``: the commands the app will call; each must be served with the same schema
+    fingerprint. ``lean_imports``: the modules the app's snippets import (default: none,
+    a bare header); a Lean session with them must open.
+    """
+    target = shlex.join(config.child.argv)
+    child = _child_item(config)
+    if child.severity == "error":
+        return CheckReport(target, [child])
+    items = [child]
+    try:
+        async with Worker(config) as worker:
+            hello = worker.hello
+            assert hello is not None  # set once the handshake passed
+            items.append(_handshake_item(hello))
+            items += _command_items(hello, expect)
+            served = {c.name for c in hello.commands}
+            if TOOLCHAIN.name in served:
+                items += await _lean_items(worker, served, list(lean_imports or ()))
+            elif DOCTOR.name in served:
+                items.append(await _doctor_roundtrip(worker))
+    except StartupError as exc:  # only the first start raises it: every later step catches its own errors
+        items = await _startup_items(config, child, exc)
+    return CheckReport(target, items)
+
+
+def _child_item(config: WorkerConfig) -> CheckItem:
+    word = config.child.argv[0]
+    if os.sep in word:
+        base = Path(config.cwd) if config.cwd else Path.cwd()
+        path = base / word
+    else:
+        found = shutil.which(word, path=config.env.build().get("PATH"))
+        if found is None:
+            return _item(
+                "check.child_not_found", "error", "child", f"{word} is not on the child's PATH",
+                "install the worker, or name it by its absolute path",
+            )
+        path = Path(found)
+    if not path.exists():
+        return _item("check.child_not_found", "error", "child", f"{path} does not exist",
+                     "install the worker (its console script), or fix the path in the ChildCommand")
+    if not path.is_file() or not os.access(path, os.X_OK):
+        return _item("check.child_not_executable", "error", "child", f"{path} is not an executable file",
+                     f"chmod +x {shlex.quote(str(path))}, or start it through its interpreter")
+    module = _module_of(config)
+    return _item("check.child_ok", "ok", "child", f"{path} is executable" + (f" (python -m {module})" if module else ""))
+
+
+def _module_of(config: WorkerConfig) -> str | None:
+    argv = config.child.argv
+    return argv[2] if len(argv) >= 3 and argv[1] == "-m" else None
+
+
+async def _startup_items(config: WorkerConfig, child: CheckItem, exc: StartupError) -> list[CheckItem]:
+    """What the failed start says: the child item, then why it did not come up."""
+    message = str(exc)
+    if isinstance(exc, HandshakeError):
+        # HandshakeError carries the versions only in its message (parent=... child=...).
+        match = re.search(r"protocol version mismatch; parent=(\d+) child=(\d+) child_worker=(\S+ [^\s:]+)", message)
+        if match:
+            return [child, _item(
+                "check.protocol_version", "error", "handshake",
+                f"the child ({match[3]}) speaks protocol {match[2]}; this parent speaks {PROTOCOL_VERSION}",
+                "install matching lean-worker versions in the parent's and the child's environments",
+            )]
+        return [child, _item("check.handshake_failed", "error", "handshake", message,
+                             "the child must be a WorkerApp calling serve(); check expected_worker_name")]
+    cause = exc.__cause__
+    if isinstance(cause, OSError):  # exec failed: the file went away or lost its x bit since the pre-check
+        code = "check.child_not_executable" if isinstance(cause, PermissionError) else "check.child_not_found"
+        return [_item(code, "error", "child", message, "install the worker, or fix the path in the ChildCommand")]
+    module = _module_of(config)
+    if module is not None and not isinstance(exc, StartupTimeout):
+        problem = await anyio.to_thread.run_sync(_module_problem, config, module)
+        if problem is not None:
+            return [_item("check.child_not_found", "error", "child",
+                          f"module {module} is not importable by {config.child.argv[0]}: {problem}",
+                          "install the package that provides it into that interpreter, or fix PYTHONPATH / cwd")]
+    return [child, _item("check.startup_failed", "error", "startup", f"{exc.code}: {message}",
+                         "read the child's stderr tail above; a child must call WorkerApp.serve() when it starts")]
+
+
+_FIND_SPEC = (
+    "import importlib.util, sys\n"
+    "try:\n"
+    "    found = importlib.util.find_spec(sys.argv[1]) is not None\n"
+    "except Exception as exc:\n"
+    "    print(f'{type(exc).__name__}: {exc}'); sys.exit(1)\n"
+    "sys.exit(0 if found else 1)\n"
+)
+
+
+def _module_problem(config: WorkerConfig, module: str) -> str | None:
+    """Whether the child's interpreter can import ``module`` in the child's environment."""
+    try:
+        result = subprocess.run(
+            [config.child.argv[0], "-c", _FIND_SPEC, module],
+            env=config.env.build(), cwd=config.cwd, capture_output=True, text=True, timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if result.returncode == 0:
+        return None
+    return result.stdout.strip()[:500] or "no such module"
+
+
+def _handshake_item(hello: Hello) -> CheckItem:
+    return _item(
+        "check.handshake_ok", "ok", "handshake",
+        f"worker {hello.worker_name} {hello.worker_version} pid={hello.pid} protocol={hello.protocol_version} "
+        f"commands={len(hello.commands)}",
+    )
+
+
+def _command_items(hello: Hello, expect: Sequence[Command]) -> list[CheckItem]:
+    if not expect:
+        return []
+    served = {c.name: c for c in hello.commands}
+    items: list[CheckItem] = []
+    for command in expect:
+        info = served.get(command.name)
+        if info is None:
+            items.append(_item(
+                "check.command_missing", "error", command.name,
+                f"worker {hello.worker_name} {hello.worker_version} does not serve {command.name}; serves: {sorted(served)}",
+                _HINT_UPGRADE,
+            ))
+        elif info.kind != command.kind or info.fingerprint != command.fingerprint:
+            items.append(_item(
+                "check.schema_mismatch", "error", command.name,
+                f"{command.name} differs; parent={command.kind}:{command.fingerprint} "
+                f"child={info.kind}:{info.fingerprint}",
+                _HINT_UPGRADE,
+            ))
+    if not items:
+        names = ", ".join(c.name for c in expect)
+        items.append(_item("check.commands_ok", "ok", "commands", f"{len(expect)} expected commands served as declared: {names}"))
+    return items
+
+
+async def _lean_items(worker: Worker, served: set[str], imports: list[str]) -> list[CheckItem]:
+    try:
+        report = await worker.call(TOOLCHAIN, ToolchainQuery())
+    except ToolchainNotFound as exc:
+        return [_item("check.toolchain_not_found", "error", TOOLCHAIN.name, exc.remote_message, _HINT_TOOLCHAIN)]
+    except WorkerError as exc:
+        return [_item("check.toolchain_failed", "error", TOOLCHAIN.name, f"{exc.code}: {exc}", _HINT_TOOLCHAIN)]
+    stdlib = "present" if report.stdlib_present else "absent (prelude files only)"
+    items = [_item(
+        "check.toolchain_ok", "ok", TOOLCHAIN.name,
+        f"Lean {report.version} found by {report.source}: {report.lean}; standard library {stdlib}",
+    )]
+    header = _header(report, imports)
+    subject = " ".join(imports) or "(no imports)"
+    if OPEN.name in served:
+        item = await _open_session(worker, header, subject, report)
+        items.append(item)
+        if item.severity == "error":
+            return items
+    if CHECK.name in served:
+        items.append(await _lean_roundtrip(worker, header))
+    return items
+
+
+def _header(report: ToolchainReport, imports: list[str]) -> str:
+    lines = [f"import {module}" for module in imports]
+    if not report.stdlib_present:
+        lines.insert(0, "prelude")  # without Init a header must say so, or the implicit `import Init` fails
+    return "\n".join(lines or ["import Init"]) + "\n"
+
+
+async def _open_session(worker: Worker, header: str, subject: str, report: ToolchainReport) -> CheckItem:
+    hint = "build those modules (lake build) and put their directory on the search path (--search-path)"
+    if not report.stdlib_present:
+        hint += "; this toolchain has no standard library, so only prelude libraries import"
+    try:
+        info = await worker.call(OPEN, OpenRequest(header))
+    except WorkerError as exc:
+        return _item("check.session_failed", "error", subject, f"{exc.code}: {exc}", hint)
+    errors = [m for m in info.messages if m.severity == "error"]
+    if errors:
+        return _item("check.session_failed", "error", subject, "; ".join(m.text for m in errors[:3]), hint)
+    return _item("check.session_ok", "ok", subject, f"session {info.key} opened in {info.elapsed_ms:.0f} ms ({info.session})")
+
+
+async def _lean_roundtrip(worker: Worker, header: str) -> CheckItem:
+    hint = "run lean-worker doctor, and the snippet by hand with the toolchain it reports"
+    started = time.perf_counter()
+    try:
+        result = await worker.call(CHECK, CheckRequest(header + ROUNDTRIP_BODY, id="check"))
+    except WorkerError as exc:
+        return _item("check.roundtrip_failed", "error", CHECK.name, f"{exc.code}: {exc}", hint)
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    if result.verdict != "ok":
+        texts = "; ".join(m.text for m in result.messages[:3])
+        return _item("check.roundtrip_failed", "error", CHECK.name, f"verdict {result.verdict}: {texts}", hint)
+    return _item("check.roundtrip_ok", "ok", CHECK.name, f"a trivial snippet checked ok in {elapsed_ms:.0f} ms ({result.session})")
+
+
+async def _doctor_roundtrip(worker: Worker) -> CheckItem:
+    started = time.perf_counter()
+    try:
+        report = await worker.call(DOCTOR, DoctorRequest())
+    except WorkerError as exc:
+        return _item("check.roundtrip_failed", "error", DOCTOR.name, f"{exc.code}: {exc}",
+                     "the child starts but cannot answer; read the error")
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    errors = sum(item.severity == "error" for item in report.items)
+    return _item("check.roundtrip_ok", "ok", DOCTOR.name,
+                 f"answered in {elapsed_ms:.1f} ms with {len(report.items)} doctor items ({errors} errors)")
+
+
+async def doctor(config: WorkerConfig) -> DoctorReport:
+    """Start ``config``'s child and return its capabilities' own diagnostics.
+
+    Raises what starting the child raises (``StartupError``...), and ``SchemaMismatch`` for
+    a child built before ``worker.doctor`` existed."""
+    async with Worker(config) as worker:
+        return await worker.call(DOCTOR, DoctorRequest())
+
+
+def check_sync(
+    config: WorkerConfig, *, expect: Sequence[Command] = (), lean_imports: Sequence[str] | None = None
+) -> CheckReport:
+    """``check`` for code without an event loop (runs one with ``anyio.run``)."""
+    return anyio.run(functools.partial(check, config, expect=expect, lean_imports=lean_imports))
+
+
+def doctor_sync(config: WorkerConfig) -> DoctorReport:
+    """``doctor`` for code without an event loop (runs one with ``anyio.run``)."""
+    return anyio.run(doctor, config)
+
+
+# -- human output ------------------------------------------------------------------------------
+
+_MARK = {"ok": "ok", "warning": "WARN", "error": "ERROR"}
+
+
+def _lines(text: str, indent: str) -> str:
+    return text.replace("\n", "\n" + indent)
+
+
+def _tally(severities: list[str]) -> str:
+    warnings, errors = severities.count("warning"), severities.count("error")
+    return (f"{severities.count('ok')} ok, {warnings} warning{'' if warnings == 1 else 's'}, "
+            f"{errors} error{'' if errors == 1 else 's'}")
+
+
+def render_check(report: CheckReport) -> str:
+    width = max((len(item.code) for item in report.items), default=0)
+    out = [f"check {report.target}"]
+    for item in report.items:
+        out.append(f"  {_MARK[item.severity]:<5} {item.code:<{width}}  {item.subject}: "
+                   + _lines(item.message, " " * (width + 10)))
+        if item.hint:
+            out.append(f"{'':{width + 10}}hint: {item.hint}")
+    out.append(_tally([item.severity for item in report.items]))
+    return "\n".join(out)
+
+
+def render_doctor(report: DoctorReport) -> str:
+    """Messages and hints; the items' ``data`` is in the JSON output only."""
+    width = max((len(item.name) for item in report.items), default=0)
+    out = [f"doctor {report.worker} {report.version}"]
+    if not report.items:
+        out.append("  (this worker registers no doctor contributors)")
+    for item in report.items:
+        out.append(f"  {_MARK[item.severity]:<5} {item.name:<{width}}  " + _lines(item.message, " " * (width + 10)))
+        if item.hint:
+            out.append(f"{'':{width + 10}}hint: {item.hint}")
+    out.append(_tally([item.severity for item in report.items]))
+    return "\n".join(out)
