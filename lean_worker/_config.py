@@ -29,8 +29,13 @@ DEFAULT_INHERITED_ENV: tuple[str, ...] = (
     "ELAN_HOME",
     "ELAN_TOOLCHAIN",
     "LAKE_HOME",
+    "XDG_CACHE_HOME",
+    "LEAN_WORKER_LEAN",
+    "LEAN_WORKER_CACHE",
+    "LEAN_WORKER_FIXTURES",
 )
-"""Parent variables a child sees by default: locale, paths and the Lean toolchain's own.
+"""Parent variables a child sees by default: locale, paths, the Lean toolchain's own, and
+lean-worker's (which ``lean``, where the cache is, where the fixture sources are).
 Nothing else is passed through (API keys, tokens and cloud credentials stay in the parent)."""
 
 

