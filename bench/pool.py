@@ -26,7 +26,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lean_worker._pool import Pool  # noqa: E402
+from lean_worker import Pool  # noqa: E402
 from lean_worker.lean import CHECK, CheckRequest, lean_config  # noqa: E402
 from lean_worker_child.lean.fixtures import build_library  # noqa: E402
 from lean_worker_child.lean.toolchain import resolve_toolchain  # noqa: E402

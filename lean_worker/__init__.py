@@ -48,6 +48,18 @@ from ._errors import (
     WorkerError,
 )
 from ._exit import ExitCause, ExitInfo
+from ._pool import (
+    Lease,
+    LeaseInvalidated,
+    Outcome,
+    Pool,
+    PoolBudgetExceeded,
+    PoolClosed,
+    PoolError,
+    PoolSnapshot,
+    QueueTimeout,
+    WorkerSnapshot,
+)
 from ._sync import SyncStreamCall, SyncWorker
 from ._worker import DEFAULT, RowBatch, ShutdownReport, StreamCall, StreamSummary, Worker, WorkerStats
 from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorItem, DoctorReport
@@ -122,4 +134,14 @@ __all__ = [
     "doctor_sync",
     "resolve_child",
     "sibling",
+    "Lease",
+    "LeaseInvalidated",
+    "Outcome",
+    "Pool",
+    "PoolBudgetExceeded",
+    "PoolClosed",
+    "PoolError",
+    "PoolSnapshot",
+    "QueueTimeout",
+    "WorkerSnapshot",
 ]

@@ -30,6 +30,11 @@
             ├── UnexpectedFrame          protocol.unexpected_frame
             └── ChannelClosed            protocol.channel_closed
 
+The pool's errors (``lean_worker._pool``) are ``WorkerError``s too: ``PoolError``
+(``pool.error``) with ``PoolClosed`` (``pool.closed``), ``QueueTimeout``
+(``pool.queue_timeout``), ``PoolBudgetExceeded`` (``pool.rss_budget``) and
+``LeaseInvalidated`` (``pool.lease_invalidated``).
+
 Every error has a stable ``code``; errors that ended a child carry its ``ExitInfo`` as
 ``exit`` (exit status or signal, the tail of its stderr, the request in flight and whether
 work had entered the child). Messages start with what failed and carry facts as

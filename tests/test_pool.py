@@ -14,8 +14,16 @@ import pytest
 
 from children.workload import EXIT, HOLD, SLEEP, Exit, Hold, Sleep
 from conftest import child_config
-from lean_worker import RemoteError, RequestTimeout, WorkerCrashed
-from lean_worker._pool import LeaseInvalidated, Pool, PoolBudgetExceeded, PoolClosed, QueueTimeout
+from lean_worker import (
+    LeaseInvalidated,
+    Pool,
+    PoolBudgetExceeded,
+    PoolClosed,
+    QueueTimeout,
+    RemoteError,
+    RequestTimeout,
+    WorkerCrashed,
+)
 from lean_worker.lean import CHECK, CheckRequest, LeanCrashed, lean_config
 
 SNIPPETS = Path(__file__).resolve().parents[1] / "lean" / "snippets"
