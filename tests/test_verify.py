@@ -82,3 +82,43 @@ def test_verify_refuses_bad_arguments(tmp_path) -> None:  # type: ignore[no-unty
     assert "does not exist" in missing.stderr
     nothing = verify()
     assert nothing.returncode == 2
+
+
+def test_verify_draws_a_progress_line_on_a_terminal(lean_toolchain, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On a terminal (a real pty as stderr), verify rewrites one line with done/total, rate and ETA."""
+    import os
+    import pty
+
+    from lean_worker_child.lean.fixtures import build_library
+
+    library = build_library(lean_toolchain.lean)
+    source = tmp_path / "snippets"
+    source.mkdir()
+    ok = (ROOT / "lean" / "snippets" / "ok.lean").read_text()
+    for i in range(3):
+        (source / f"s{i}.lean").write_text(ok + f"\ntheorem t{i} : Eq N.two N.two := Eq.refl\n")
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lean_worker.cli", "verify", str(source), "--search-path", str(library.root),
+             "--workers", "1", "--lean", str(lean_toolchain.lean), "-o", str(tmp_path / "out.jsonl")],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=follower, text=True,
+        )
+        os.close(follower)
+        stdout, _ = proc.communicate(timeout=120)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO once the child side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0, stdout
+    terminal = b"".join(chunks).decode()
+    assert "\r[" in terminal
+    assert re.search(r"\] 3/3 [\d.]+/s ETA 0s failed=0", terminal), terminal
+    assert re.search(r"^snippets\s+3$", stdout, re.M)
