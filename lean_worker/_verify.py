@@ -12,7 +12,8 @@ snippet as it finishes, to ``--output`` (default: stdout): ``id``, ``verdict`` (
 stderr on a terminal; a summary table ends the run (stderr when results go to stdout).
 
 Exit status: 0 when the run completed (whatever the verdicts); with ``--strict``, 1 when
-any snippet is not ``ok``; 2 for bad arguments or input that cannot be read.
+any snippet is not ``ok``; 2 for bad arguments, input that cannot be read, or no Lean
+toolchain (checked once before the batch).
 """
 
 from __future__ import annotations
@@ -35,7 +36,18 @@ from ._config import RestartPolicy
 from ._errors import RemoteError, WorkerError
 from ._pool import Outcome, Pool
 from ._worker import Worker
-from .lean import CHECK, FIXTURES, CheckRequest, CheckResult, FixturesReport, FixturesRequest, lean_config
+from .lean import (
+    CHECK,
+    FIXTURES,
+    TOOLCHAIN,
+    CheckRequest,
+    CheckResult,
+    FixturesReport,
+    FixturesRequest,
+    ToolchainNotFound,
+    ToolchainQuery,
+    lean_config,
+)
 
 MIB = 1024 * 1024
 
@@ -245,6 +257,11 @@ async def _run(args: argparse.Namespace, config: Any, items: list[Item], out: IO
     by_id = {i.id: i for i in checkable}
     done = sum(verdicts.values())
     async with Pool(config, size=min(args.workers, max(1, len(requests)))) as pool:
+        try:  # fail fast, once, rather than once per snippet
+            await pool.call(TOOLCHAIN, ToolchainQuery())
+        except ToolchainNotFound as exc:
+            print(f"lean-worker verify: {exc.remote_code}: {exc.remote_message}", file=sys.stderr)
+            return 2
         async with pool.map(CHECK, requests) as outcomes:
             async for outcome in outcomes:
                 record = _result_record(outcome, by_id[outcome.request.id])

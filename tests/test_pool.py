@@ -145,6 +145,22 @@ async def test_map_returns_every_outcome_despite_crashes_and_timeouts() -> None:
     assert {o.worker for o in got} <= {0, 1}
 
 
+async def test_idle_workers_are_retired_and_restarted_on_the_next_lease() -> None:
+    from lean_worker import RestartPolicy
+
+    async with Pool(workload(restart=RestartPolicy(idle_restart_s=0.3)), size=1) as pool:
+        async with pool.lease() as lease:
+            await lease.call(SLEEP, Sleep(0))
+            first = lease.generation
+        with anyio.fail_after(10):
+            while pool.snapshot().workers[0].pid is not None:  # the idle monitor retires it
+                await anyio.sleep(0.05)
+        async with pool.lease() as lease:
+            assert lease.valid and lease.generation == first + 1
+            await lease.call(SLEEP, Sleep(0))
+        assert pool.snapshot().restarts == {"idle": 1}
+
+
 async def test_closed_pool_refuses_leases() -> None:
     pool = Pool(workload(), size=1)
     async with pool:

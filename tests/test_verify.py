@@ -24,7 +24,7 @@ def verify(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 def test_verify_the_bundled_fixtures(lean_toolchain, tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "results.jsonl"
-    result = verify("--fixtures", "--timeout", "2", "--workers", "2", "-o", str(out), "--lean", str(lean_toolchain.lean))
+    result = verify("--fixtures", "--timeout", "5", "--workers", "2", "-o", str(out), "--lean", str(lean_toolchain.lean))
     assert result.returncode == 0, result.stderr
     records = {r["id"]: r for r in map(orjson.loads, out.read_text().splitlines())}
     snippets = sorted(p.name for p in (ROOT / "lean" / "snippets").glob("*.lean"))
@@ -82,6 +82,10 @@ def test_verify_refuses_bad_arguments(tmp_path) -> None:  # type: ignore[no-unty
     assert "does not exist" in missing.stderr
     nothing = verify()
     assert nothing.returncode == 2
+    no_lean = verify(str(ROOT / "lean" / "snippets"), "--lean", "/nonexistent/lean")
+    assert no_lean.returncode == 2
+    assert "lean.toolchain_not_found" in no_lean.stderr
+    assert no_lean.stdout == ""  # no per-snippet failures: it stopped before the batch
 
 
 def test_verify_draws_a_progress_line_on_a_terminal(lean_toolchain, tmp_path) -> None:  # type: ignore[no-untyped-def]
