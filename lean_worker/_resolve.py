@@ -64,16 +64,7 @@ def sibling(name: str, *args: str) -> ChildCommand:
     """The console script ``name`` installed beside the running interpreter.
 
     Raises ``ChildNotFound`` when it is missing or not executable."""
-    path = Path(sys.executable).parent / name
-    problem = _not_runnable(path)
-    if problem is not None:
-        tried = (f"sibling {path}: {problem}",)
-        raise ChildNotFound(
-            f"cannot resolve the worker child; tried: {tried[0]}",
-            tried=tried,
-            hint=f"install the package that provides the {name} console script into {sys.prefix}",
-        )
-    return ChildCommand.executable(path, *args)
+    return resolve_child(sibling=name, args=args)
 
 
 def _module_problem(module: str) -> str | None:
