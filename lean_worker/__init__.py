@@ -48,18 +48,8 @@ from ._errors import (
     WorkerError,
 )
 from ._exit import ExitCause, ExitInfo
-from ._pool import (
-    Lease,
-    LeaseInvalidated,
-    Outcome,
-    Pool,
-    PoolBudgetExceeded,
-    PoolClosed,
-    PoolError,
-    PoolSnapshot,
-    QueueTimeout,
-    WorkerSnapshot,
-)
+from ._errors import LeaseInvalidated, PoolBudgetExceeded, PoolClosed, PoolError, QueueTimeout
+from ._pool import Lease, Outcome, Pool, PoolSnapshot, WorkerSnapshot
 from ._sync import SyncStreamCall, SyncWorker
 from ._worker import DEFAULT, RowBatch, ShutdownReport, StreamCall, StreamSummary, Worker, WorkerStats
 from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorItem, DoctorReport

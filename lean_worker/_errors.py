@@ -30,10 +30,10 @@
             ├── UnexpectedFrame          protocol.unexpected_frame
             └── ChannelClosed            protocol.channel_closed
 
-The pool's errors (``lean_worker._pool``) are ``WorkerError``s too: ``PoolError``
-(``pool.error``) with ``PoolClosed`` (``pool.closed``), ``QueueTimeout``
-(``pool.queue_timeout``), ``PoolBudgetExceeded`` (``pool.rss_budget``) and
-``LeaseInvalidated`` (``pool.lease_invalidated``).
+The pool's errors are ``WorkerError``s too: ``PoolError`` (``pool.error``) with
+``PoolClosed`` (``pool.closed``), ``QueueTimeout`` (``pool.queue_timeout``),
+``PoolBudgetExceeded`` (``pool.rss_budget``) and ``LeaseInvalidated``
+(``pool.lease_invalidated``).
 
 Every error has a stable ``code``; errors that ended a child carry its ``ExitInfo`` as
 ``exit`` (exit status or signal, the tail of its stderr, the request in flight and whether
@@ -315,3 +315,39 @@ class ChildNotFound(StartupError):
         self.tried = tried
         self.hint = hint
         super().__init__(message)
+
+
+class PoolError(WorkerError):
+    code = "pool.error"
+
+
+class PoolClosed(PoolError):
+    code = "pool.closed"
+
+
+class QueueTimeout(PoolError):
+    """No worker became free within ``queue_timeout_s``."""
+
+    code = "pool.queue_timeout"
+
+    def __init__(self, message: str, *, waited_s: float, queue_depth: int) -> None:
+        self.waited_s = waited_s
+        self.queue_depth = queue_depth
+        super().__init__(message)
+
+
+class PoolBudgetExceeded(PoolError):
+    """The pool's memory is over ``rss_budget_bytes`` even after cycling its idle workers."""
+
+    code = "pool.rss_budget"
+
+    def __init__(self, message: str, *, total_bytes: int, budget_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self.budget_bytes = budget_bytes
+        super().__init__(message)
+
+
+class LeaseInvalidated(PoolError):
+    """The leased worker's child ended while the lease was held."""
+
+    code = "pool.lease_invalidated"

@@ -42,47 +42,11 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._config import WorkerConfig
-from ._errors import WorkerError
+from ._errors import LeaseInvalidated, PoolBudgetExceeded, PoolClosed, QueueTimeout, WorkerError
 from ._worker import DEFAULT, Worker
 
 ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
-
-
-class PoolError(WorkerError):
-    code = "pool.error"
-
-
-class PoolClosed(PoolError):
-    code = "pool.closed"
-
-
-class QueueTimeout(PoolError):
-    """No worker became free within ``queue_timeout_s``."""
-
-    code = "pool.queue_timeout"
-
-    def __init__(self, message: str, *, waited_s: float, queue_depth: int) -> None:
-        self.waited_s = waited_s
-        self.queue_depth = queue_depth
-        super().__init__(message)
-
-
-class PoolBudgetExceeded(PoolError):
-    """The pool's memory is over ``rss_budget_bytes`` even after cycling its idle workers."""
-
-    code = "pool.rss_budget"
-
-    def __init__(self, message: str, *, total_bytes: int, budget_bytes: int) -> None:
-        self.total_bytes = total_bytes
-        self.budget_bytes = budget_bytes
-        super().__init__(message)
-
-
-class LeaseInvalidated(PoolError):
-    """The leased worker's child ended while the lease was held."""
-
-    code = "pool.lease_invalidated"
 
 
 @dataclass(frozen=True)
