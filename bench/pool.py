@@ -78,16 +78,20 @@ def main() -> None:
                              "kernel reduction (~40 ms of Lean work, which Lean itself spreads over threads)")
     parser.add_argument("--lean-threads", type=int, default=1,
                         help="threads per Lean process (lean -j; 0: Lean's default); default 1")
+    parser.add_argument("--sync-elab", action="store_true",
+                        help="elaborate proofs synchronously in each Lean process (-DElab.async=false)")
     args = parser.parse_args()
     toolchain = resolve_toolchain()
     library = build_library(toolchain.lean)
     codes = [snippet(i, args.headers, args.work) for i in range(args.items)]
     requests = [CheckRequest(code, id=str(i)) for i, code in enumerate(codes)]
     lean_args = ["-j", str(args.lean_threads)] if args.lean_threads else []
+    if args.sync_elab:
+        lean_args.append("-DElab.async=false")
     config = lean_config(lean=toolchain.lean, search_path=[library.root], request_timeout_s=120, lean_args=lean_args)
     print(f"conditions=python {platform.python_version()}, {os.cpu_count()} cpus, {platform.machine()}, "
           f"lean {toolchain.version} ({toolchain.source}), items={args.items}, headers={args.headers}, work={args.work}, "
-          f"lean_threads={args.lean_threads or 'default'}")
+          f"lean_threads={args.lean_threads or 'default'}, sync_elab={args.sync_elab}")
     pool1 = anyio.run(through_pool, config, requests, 1)
     pool2 = anyio.run(through_pool, config, requests, 2)
     env = dict(os.environ, LEAN_PATH=str(library.root))
