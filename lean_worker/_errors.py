@@ -89,6 +89,22 @@ class StartupTimeout(StartupError):
 class HandshakeError(StartupError):
     code = "worker.startup.handshake_failed"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit: ExitInfo | None = None,
+        parent_protocol: int | None = None,
+        child_protocol: int | None = None,
+        child_worker: str | None = None,
+    ) -> None:
+        self.parent_protocol = parent_protocol
+        self.child_protocol = child_protocol
+        """Set when the child speaks another protocol version."""
+        self.child_worker = child_worker
+        """``name version`` the child announced, when it got as far as a ``Hello``."""
+        super().__init__(message, exit=exit)
+
 
 class RestartLimitExceeded(WorkerError):
     """Too many unplanned restarts in the window: a crash loop is stopped instead of fed."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -126,12 +125,11 @@ async def _startup_items(config: WorkerConfig, child: CheckItem, exc: StartupErr
     """What the failed start says: the child item, then why it did not come up."""
     message = str(exc)
     if isinstance(exc, HandshakeError):
-        # HandshakeError carries the versions only in its message (parent=... child=...).
-        match = re.search(r"protocol version mismatch; parent=(\d+) child=(\d+) child_worker=(\S+ [^\s:]+)", message)
-        if match:
+        if exc.child_protocol is not None:
             return [child, _item(
                 "check.protocol_version", "error", "handshake",
-                f"the child ({match[3]}) speaks protocol {match[2]}; this parent speaks {PROTOCOL_VERSION}",
+                f"the child ({exc.child_worker}) speaks protocol {exc.child_protocol}; "
+                f"this parent speaks {PROTOCOL_VERSION}",
                 "install matching lean-worker versions in the parent's and the child's environments",
             )]
         return [child, _item("check.handshake_failed", "error", "handshake", message,

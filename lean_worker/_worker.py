@@ -482,6 +482,9 @@ class Worker:
                 f"worker {name} protocol version mismatch; parent={PROTOCOL_VERSION} child={frame.protocol_version} "
                 f"child_worker={frame.worker_name} {frame.worker_version}: install matching lean-worker versions",
                 exit=gen.exit_info,
+                parent_protocol=PROTOCOL_VERSION,
+                child_protocol=frame.protocol_version,
+                child_worker=f"{frame.worker_name} {frame.worker_version}",
             )
         expected = self.config.expected_worker_name
         if expected is not None and frame.worker_name != expected:

@@ -372,6 +372,8 @@ async def test_wrong_protocol_version_is_handshake_error_naming_both_versions(an
     exc = raised.value
     assert exc.code == "worker.startup.handshake_failed"
     assert f"parent={PROTOCOL_VERSION} child={BAD_VERSION}" in str(exc)
+    assert (exc.parent_protocol, exc.child_protocol) == (PROTOCOL_VERSION, BAD_VERSION)
+    assert exc.child_worker == "bad-version 0"
     info = exc.exit
     assert info is not None
     assert (info.cause, info.signal, info.generation) == (ExitCause.SUPERVISOR_KILL, "SIGKILL", 1)
