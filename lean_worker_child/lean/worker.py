@@ -102,19 +102,19 @@ def _engines() -> tuple[WarmEngine, ColdEngine]:
     return state.warm, state.cold
 
 
-def check_one(request: CheckRequest, timeout_s: float | None) -> tuple[CheckResult, int]:
-    """Check one snippet; return the result and the number of imports it performed."""
+def check_one(request: CheckRequest, timeout_s: float | None) -> CheckResult:
+    """Check one snippet (the handlers charge imports by the sessions the warm engine opened)."""
     warm, cold = _engines()
     engine = state.engine if request.engine == "auto" else request.engine
     if engine == "cold":
-        return cold.check(request.code, id=request.id, timeout_s=timeout_s), 0
+        return cold.check(request.code, id=request.id, timeout_s=timeout_s)
     try:
         header = parse_header(request.code)
     except HeaderError:
         # Lean reports the malformed header itself, with its position.
-        return cold.check(request.code, id=request.id, timeout_s=timeout_s), 0
-    result, fresh = warm.check(request.code, id=request.id, header=header, timeout_s=timeout_s)
-    return result, int(fresh)
+        return cold.check(request.code, id=request.id, timeout_s=timeout_s)
+    result, _ = warm.check(request.code, id=request.id, header=header, timeout_s=timeout_s)
+    return result
 
 
 @app.handler(CHECK)
@@ -122,7 +122,7 @@ def check(request: CheckRequest, ctx: RequestContext) -> CheckResult:
     warm, _ = _engines()
     before = warm.imports
     try:
-        result, _ = check_one(request, request.timeout_s)
+        result = check_one(request, request.timeout_s)
     finally:
         # Sessions opened, whether or not the check then succeeded.
         ctx.charge_imports(warm.imports - before)
@@ -162,7 +162,7 @@ def check_batch(request: CheckBatch, ctx: RequestContext) -> BatchSummary:
             ctx.progress("check", index, total)
             timeout_s = item.timeout_s if item.timeout_s is not None else request.timeout_s
             try:
-                result, _ = check_one(item, timeout_s)
+                result = check_one(item, timeout_s)
             except (LeanError, ToolchainError, OSError) as exc:
                 error = _item_error(exc)
                 errors[error.code] += 1
