@@ -38,7 +38,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._config import WorkerConfig
@@ -58,6 +57,7 @@ class WorkerSnapshot:
     keys: list[Hashable]
     """Warm keys, most recently used last."""
     requests: int
+    imports: int
     restarts: dict[str, int]
     rss_bytes: int | None
 
@@ -314,6 +314,9 @@ class Pool:
             total += value or 0
         return total
 
+    async def _pss_total(self) -> int:
+        return sum([await s.worker.pss() or 0 for s in self._slots])
+
     async def _enforce_budget(self) -> None:
         budget = self.rss_budget_bytes
         if budget is None:
@@ -321,7 +324,7 @@ class Pool:
         total = await self._measure()
         if total <= budget:
             return
-        confirmed = sum([await s.worker.pss() or 0 for s in self._slots])
+        confirmed = await self._pss_total()
         if confirmed <= budget:
             return
         # Cycle idle workers, largest first, until the pool fits.
@@ -334,7 +337,7 @@ class Pool:
                 self._counts["budget_cycles"] += 1
             finally:
                 self._release(slot)
-            confirmed = sum([await s.worker.pss() or 0 for s in self._slots])
+            confirmed = await self._pss_total()
             if confirmed <= budget:
                 return
         self._counts["budget_refusals"] += 1
@@ -370,7 +373,9 @@ class Pool:
                     await out.send(outcome)
 
         async with anyio.create_task_group() as tg:
-            _start_runners(tg, runner, send, concurrency or self.size)
+            for _ in range(concurrency or self.size):
+                tg.start_soon(runner, send.clone())
+            send.close()
             async with receive:
                 yield receive
                 tg.cancel_scope.cancel()
@@ -396,7 +401,7 @@ class Pool:
             rss = stats.last_rss_bytes if stats.last_rss_bytes is not None else self._rss.get(slot.index)
             workers.append(WorkerSnapshot(
                 slot.index, slot.worker.generation, slot.busy, slot.worker.pid, list(slot.keys),
-                stats.requests, dict(stats.restarts), rss,
+                stats.requests, stats.imports, dict(stats.restarts), rss,
             ))
         readings = [w.rss_bytes for w in workers if w.rss_bytes is not None]
         c = self._counts
@@ -424,9 +429,3 @@ def _first_key(command: Any, request: Any) -> Hashable | None:
     for key in keys_of(request):
         return key  # type: ignore[no-any-return]
     return None
-
-
-def _start_runners(tg: TaskGroup, runner: Any, send: MemoryObjectSendStream[Any], count: int) -> None:
-    for _ in range(count):
-        tg.start_soon(runner, send.clone())
-    send.close()

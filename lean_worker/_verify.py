@@ -273,11 +273,10 @@ async def _run(args: argparse.Namespace, config: Any, items: list[Item], out: IO
                 done += 1
                 progress.update(done, verdicts["failed"])
         snap = pool.snapshot()
-        imports = sum(s.worker.stats().imports for s in pool._slots)
     progress.update(done, verdicts["failed"], force=True)
     progress.finish()
     report.write(_summary(verdicts, errors, snap.restarts, len(items), time.monotonic() - started,
-                          pool.size, imports) + "\n")
+                          pool.size, sum(w.imports for w in snap.workers)) + "\n")
     report.flush()
     if args.strict and verdicts["ok"] != len(items):
         return 1

@@ -198,6 +198,7 @@ async def test_warm_keys_route_checks_to_the_worker_that_has_the_header(lean_too
     assert (snap.key_misses, snap.key_hits) == (2, 6)
     assert sorted(len(w.keys) for w in snap.workers) == [1, 1]  # one header per worker
     assert sum(w.requests for w in snap.workers) == 8
+    assert sum(w.imports for w in snap.workers) == 2  # one session per header
 
 
 async def test_least_recently_used_keys_are_evicted(lean_toolchain, library) -> None:  # type: ignore[no-untyped-def]
