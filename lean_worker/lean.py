@@ -17,35 +17,8 @@ import os
 from collections.abc import Sequence
 from typing import Literal
 
-from lean_worker_protocol.lean import (
-    CHECK,
-    CHECK_BATCH,
-    FIXTURES,
-    INDEX,
-    OPEN,
-    TOOLCHAIN,
-    BatchRow,
-    BatchSummary,
-    CheckBatch,
-    CheckRequest,
-    CheckResult,
-    Declaration,
-    FixturesReport,
-    FixturesRequest,
-    Header,
-    HeaderError,
-    IndexRequest,
-    IndexSummary,
-    ItemError,
-    Message,
-    OpenRequest,
-    Pos,
-    SessionInfo,
-    ToolchainQuery,
-    ToolchainReport,
-    parse_header,
-    session_key,
-)
+from lean_worker_protocol import lean as _protocol
+from lean_worker_protocol.lean import *  # noqa: F403  (the commands and types, re-exported)
 
 from ._config import WorkerConfig
 from ._errors import LeanCrashed, LeanError, LeanHeaderError, LeanTimeout, ToolchainNotFound
@@ -53,41 +26,15 @@ from ._errors import LeanCrashed, LeanError, LeanHeaderError, LeanTimeout, Toolc
 CHILD_MODULE = "lean_worker_child.lean"
 
 __all__ = [
-    "CHECK",
-    "CHECK_BATCH",
+    *_protocol.__all__,
     "CHILD_MODULE",
-    "FIXTURES",
-    "INDEX",
-    "OPEN",
-    "TOOLCHAIN",
-    "BatchRow",
-    "BatchSummary",
-    "CheckBatch",
-    "CheckRequest",
-    "CheckResult",
-    "Declaration",
-    "FixturesReport",
-    "FixturesRequest",
-    "Header",
-    "HeaderError",
-    "IndexRequest",
-    "IndexSummary",
-    "ItemError",
     "LeanCrashed",
     "LeanError",
     "LeanHeaderError",
     "LeanTimeout",
-    "Message",
-    "OpenRequest",
-    "Pos",
-    "SessionInfo",
-    "ToolchainQuery",
-    "ToolchainReport",
     "ToolchainNotFound",
     "lean_config",
     "lean_child_args",
-    "parse_header",
-    "session_key",
 ]
 
 
