@@ -24,19 +24,12 @@ DEFAULT_INHERITED_ENV: tuple[str, ...] = (
     "TMPDIR",
     "PYTHONPATH",
     "VIRTUAL_ENV",
-    "LEAN_PATH",
-    "LEAN_SYSROOT",
-    "ELAN_HOME",
-    "ELAN_TOOLCHAIN",
-    "LAKE_HOME",
     "XDG_CACHE_HOME",
-    "LEAN_WORKER_LEAN",
-    "LEAN_WORKER_CACHE",
-    "LEAN_WORKER_FIXTURES",
 )
-"""Parent variables a child sees by default: locale, paths, the Lean toolchain's own, and
-lean-worker's (which ``lean``, where the cache is, where the fixture sources are).
-Nothing else is passed through (API keys, tokens and cloud credentials stay in the parent)."""
+"""Parent variables a child sees by default: identity, locale, time zone, temporary and
+cache directories, and the Python paths. Nothing else is passed through (API keys, tokens
+and cloud credentials stay in the parent). A capability adds its own: ``lean_config``
+adds ``lean_worker.lean.LEAN_INHERITED_ENV``."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ _PLANNED = frozenset(
 
 
 def _positive(name: str, value: float | None) -> None:
-    if value is not None and value <= 0:
+    if value is not None and not value > 0:  # also refuses NaN, which compares false
         raise ValueError(f"{name} must be positive or None; got {value}")
 
 
@@ -192,6 +185,10 @@ class WorkerConfig:
     much CPU per call. 0 disables it."""
     name: str = "worker"
     expected_worker_name: str | None = None
+    session_limit: int | None = None
+    """How many warm sessions (keys) the child keeps before it evicts the least recently
+    used; a ``Pool`` remembers this many keys per worker. ``None``: the child does not say
+    (the pool then remembers 8)."""
 
     def __post_init__(self) -> None:
         check_max_frame_bytes(self.max_frame_bytes)
@@ -204,6 +201,8 @@ class WorkerConfig:
             raise ValueError("output_tail_bytes must be at least 1024")
         if self.row_batch_rows < 1 or self.row_batch_bytes < 1:
             raise ValueError("row_batch_rows and row_batch_bytes must be positive")
+        if self.session_limit is not None and self.session_limit < 1:
+            raise ValueError(f"session_limit must be >= 1 or None; got {self.session_limit}")
 
     @classmethod
     def for_module(cls, module: str, *args: str, **options: object) -> WorkerConfig:

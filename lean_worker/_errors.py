@@ -10,14 +10,14 @@
     └── RequestError                     (one request failed; the worker lives on)
         ├── RequestTooLarge              worker.request_too_large      nothing was sent
         ├── SchemaMismatch               worker.schema_mismatch        nothing was sent
+        ├── InvalidRequest               worker.invalid_request        nothing was sent
+        ├── WorkerBusy                   worker.busy                   nothing was sent
+        │   └── ReentrantRequest         worker.reentrant_request      the caller holds the worker
         ├── RemoteError                  worker.handler_error          the handler raised
         │   ├── UnknownCommand           worker.unknown_command
         │   ├── BadRequest               worker.bad_request
-        │   └── LeanError                lean.error                    the Lean capability failed
-        │       ├── LeanCrashed          lean.crashed                  a Lean process died
-        │       ├── LeanTimeout          lean.timeout                  past the check's own deadline
-        │       ├── LeanHeaderError      lean.bad_header
-        │       └── ToolchainNotFound    lean.toolchain_not_found
+        │   ├── LeanError                lean.*                        registered by lean_worker.lean
+        │   └── (your class)             (your code)                   register_remote_error(cls)
         ├── RequestCancelled             worker.cancelled
         ├── ResponseDecodeError          worker.bad_response
         ├── RequestTimeout               worker.request_timeout        child replaced
@@ -30,10 +30,20 @@
             ├── UnexpectedFrame          protocol.unexpected_frame
             └── ChannelClosed            protocol.channel_closed
 
+A child's exception arrives as the ``RemoteError`` subclass registered for its ``code``
+(``register_remote_error``; ``remote_error_class`` looks one up), else as ``RemoteError``.
+The Lean errors (``LeanCrashed``, ``LeanTimeout``, ``LeanHeaderError``,
+``ToolchainNotFound``, all ``LeanError``) are declared and registered by ``lean_worker.lean``
+when it is imported; catch them from there.
+
 The pool's errors are ``WorkerError``s too: ``PoolError`` (``pool.error``) with
 ``PoolClosed`` (``pool.closed``), ``QueueTimeout`` (``pool.queue_timeout``),
-``PoolBudgetExceeded`` (``pool.rss_budget``) and ``LeaseInvalidated``
-(``pool.lease_invalidated``).
+``PoolBudgetExceeded`` (``pool.rss_budget``), ``LeaseInvalidated``
+(``pool.lease_invalidated``) and ``PoolUnavailable`` (``pool.unavailable``).
+The batch job's errors before a batch starts are ``WorkerError``s too, declared in
+``lean_worker.verify``: ``VerifyError`` (``verify.error``) with ``VerifyOptionError``
+(``verify.bad_option``), ``VerifyInputError`` (``verify.bad_input``) and
+``FixturesUnavailable`` (``verify.fixtures_failed``).
 
 Every error has a stable ``code``; errors that ended a child carry its ``ExitInfo`` as
 ``exit`` (exit status or signal, the tail of its stderr, the request in flight and whether
@@ -44,6 +54,7 @@ work had entered the child). Messages start with what failed and carry facts as
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 from ._exit import ExitInfo
 
@@ -146,6 +157,32 @@ class SchemaMismatch(RequestError):
     code = "worker.schema_mismatch"
 
 
+class InvalidRequest(RequestError):
+    """The request does not match the command's request type, cannot be encoded, or its
+    session keys cannot be computed. Nothing was sent; the child is untouched."""
+
+    code = "worker.invalid_request"
+
+
+class WorkerBusy(RequestError):
+    """The request did not get the worker within its timeout (another request held it).
+    Nothing was sent; ``waited_s`` and ``limit_s`` say how long it waited."""
+
+    code = "worker.busy"
+
+    def __init__(self, message: str, *, operation: str, waited_s: float, limit_s: float | None) -> None:
+        self.waited_s = waited_s
+        self.limit_s = limit_s
+        super().__init__(message, operation=operation)
+
+
+class ReentrantRequest(WorkerBusy):
+    """The caller already holds this worker (a stream it opened is still open in the same
+    task or thread): waiting for itself would never end, so it fails at once."""
+
+    code = "worker.reentrant_request"
+
+
 class RemoteError(RequestError):
     """The handler raised; the child is alive and keeps serving."""
 
@@ -181,58 +218,53 @@ class BadRequest(RemoteError):
     code = "worker.bad_request"
 
 
-class LeanError(RemoteError):
-    """The Lean capability failed on this request; the worker lives on.
+REMOTE_ERRORS: dict[str, type[RemoteError]] = {}
+"""The registry: a child error's ``code`` -> the ``RemoteError`` subclass the parent raises
+for it. Fill it with ``register_remote_error``; read it with ``remote_error_class``."""
 
-    ``facts`` holds what the child knew (for a crash: ``cause``, ``returncode``,
-    ``detail``, ``limit``; for a timeout: ``limit_s``), also as properties."""
-
-    code = "lean.error"
+_RemoteErrorT = TypeVar("_RemoteErrorT", bound=type[RemoteError])
 
 
-class LeanCrashed(LeanError):
-    code = "lean.crashed"
+def register_remote_error(cls: _RemoteErrorT) -> _RemoteErrorT:
+    """Raise ``cls`` in the parent for a child error whose ``code`` is ``cls.code``.
 
-    @property
-    def cause(self) -> str | None:
-        """The exit classification of the Lean process, e.g. ``worker.exit.sigabrt``."""
-        return self.facts.get("cause")  # type: ignore[return-value]
+    Use it as a class decorator in the module that declares an app's commands, so the class
+    is registered wherever those commands are called::
 
-    @property
-    def returncode(self) -> int | None:
-        return self.facts.get("returncode")  # type: ignore[return-value]
+        @register_remote_error
+        class OutOfStock(RemoteError):
+            code = "inventory.out_of_stock"
 
-    @property
-    def detail(self) -> str | None:
-        """What Lean printed before it died, e.g. ``Stack overflow detected. Aborting.``"""
-        return self.facts.get("detail")  # type: ignore[return-value]
-
-    @property
-    def limit(self) -> str | None:
-        """``memory`` when Lean aborted on its own memory limit (``lean -M``)."""
-        return self.facts.get("limit")  # type: ignore[return-value]
-
-
-class LeanTimeout(LeanError):
-    code = "lean.timeout"
-
-    @property
-    def limit_s(self) -> float | None:
-        return self.facts.get("limit_s")  # type: ignore[return-value]
-
-
-class LeanHeaderError(LeanError):
-    code = "lean.bad_header"
+    The child raises any exception with that string ``code`` (its ``facts`` dict arrives as
+    ``.facts``). Registering the same class again does nothing; another class for a code
+    already taken is a ``ValueError``, a class that is not a ``RemoteError`` subclass a
+    ``TypeError``. ``lean_worker.lean`` registers the ``lean.*`` codes when imported.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, RemoteError)):
+        raise TypeError(f"register_remote_error takes a RemoteError subclass; got {cls!r}")
+    code = cls.__dict__.get("code")
+    if not isinstance(code, str) or not code:
+        raise ValueError(
+            f"register_remote_error: {cls.__module__}.{cls.__qualname__} must set its own code "
+            f"(a non-empty string); it has code={cls.code!r} from a base class"
+        )
+    taken = REMOTE_ERRORS.get(code)
+    if taken is not None and taken is not cls:
+        raise ValueError(
+            f"register_remote_error: code {code!r} is already registered; "
+            f"registered={taken.__module__}.{taken.__qualname__} new={cls.__module__}.{cls.__qualname__}"
+        )
+    REMOTE_ERRORS[code] = cls
+    return cls
 
 
-class ToolchainNotFound(LeanError):
-    code = "lean.toolchain_not_found"
+def remote_error_class(code: str) -> type[RemoteError]:
+    """The class registered for a child error's ``code``; ``RemoteError`` when none is."""
+    return REMOTE_ERRORS.get(code, RemoteError)
 
 
-REMOTE_ERRORS: dict[str, type[RemoteError]] = {
-    cls.code: cls
-    for cls in (UnknownCommand, BadRequest, LeanError, LeanCrashed, LeanTimeout, LeanHeaderError, ToolchainNotFound)
-}
+register_remote_error(UnknownCommand)
+register_remote_error(BadRequest)
 
 
 class RequestCancelled(RequestError):
@@ -364,6 +396,30 @@ class PoolBudgetExceeded(PoolError):
 
 
 class LeaseInvalidated(PoolError):
-    """The leased worker's child ended while the lease was held."""
+    """The leased worker's child ended while the lease was held (a crash, a timeout, an
+    explicit ``cycle()``): the state the holder built is gone. Planned restarts never do
+    this; they wait until the lease ends."""
 
     code = "pool.lease_invalidated"
+
+    def __init__(self, message: str, *, worker: int, generation: int, current_generation: int) -> None:
+        self.worker = worker
+        self.generation = generation
+        """The generation the lease was bound to."""
+        self.current_generation = current_generation
+        super().__init__(message)
+
+
+class PoolUnavailable(PoolError):
+    """No worker of the pool can run: every one is out of rotation after too many unplanned
+    restarts (``RestartLimitExceeded``), and none is busy, so none will come free.
+    ``causes`` holds each worker's own error (its ``last_exit`` says why it crashed);
+    ``retry_after_s`` is when the first of them is allowed back."""
+
+    code = "pool.unavailable"
+
+    def __init__(self, message: str, *, causes: tuple[RestartLimitExceeded, ...], retry_after_s: float) -> None:
+        self.causes = causes
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+

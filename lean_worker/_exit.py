@@ -1,12 +1,14 @@
-"""How a child ended: the facts kept about every exit (causes live in the protocol)."""
+"""How a child ended: the facts kept about every exit. The causes and their classification
+are in ``lean_worker_exit``, shared with the child's Lean engine; re-exported here for the
+supervisor."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lean_worker_protocol._exit import ExitCause, classify, oom_kill_count, signal_name
+from lean_worker_exit import ExitCause, classify, signal_name
 
-__all__ = ["ExitCause", "ExitInfo", "classify", "oom_kill_count", "signal_name"]
+__all__ = ["ExitCause", "ExitInfo", "classify", "signal_name"]
 
 
 @dataclass(frozen=True, slots=True)

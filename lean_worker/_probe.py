@@ -8,12 +8,13 @@ as a ``CheckItem`` with a stable code, instead of raising at the first failure:
    ``check.handshake_*``, ``check.protocol_version``);
 3. it serves every command the app expects, with the same schema fingerprint
    (``check.commands_ok``, ``check.command_missing``, ``check.schema_mismatch``);
-4. for a child that serves ``lean.toolchain``: a toolchain is found, a session with the
-   given imports opens and a trivial snippet checks (``check.toolchain_*``,
-   ``check.session_*``, ``check.roundtrip_*``); for any other child the round trip is the
-   built-in ``worker.doctor``.
+4. the capability's own steps, each an async callable ``(worker) -> list[CheckItem]``
+   (``ProbeStep``). The default is ``doctor_roundtrip``: the built-in ``worker.doctor``
+   answers (``check.roundtrip_*``). A capability brings its own: ``lean_worker.lean``'s
+   ``lean_steps`` find a toolchain, open a session and check a trivial snippet.
 
-A step runs only when the steps it needs passed. ``doctor(config)`` asks the child for its
+A step runs only when the steps it needs passed: the capability steps run in order and
+stop after the first that reports an error. ``doctor(config)`` asks the child for its
 capabilities' own diagnostics (``worker.doctor``). The codes and the doctor contract are in
 ``architecture/80-probes-and-packaging.md``.
 """
@@ -26,29 +27,37 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import anyio
 
 from lean_worker_protocol import PROTOCOL_VERSION, Command, Hello
-from lean_worker_protocol.lean import CHECK, OPEN, TOOLCHAIN, CheckRequest, OpenRequest, ToolchainQuery, ToolchainReport
 from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorReport, DoctorRequest, Severity
 
 from ._config import WorkerConfig
-from ._errors import ChildNotFound, HandshakeError, StartupError, StartupTimeout, ToolchainNotFound, WorkerError
+from ._errors import ChildNotFound, HandshakeError, StartupError, StartupTimeout, WorkerError
 from ._worker import Worker
 
-__all__ = ["check", "check_sync", "doctor", "doctor_sync", "not_found_report", "render_check", "render_doctor"]
+__all__ = [
+    "DEFAULT_STEPS",
+    "ProbeStep",
+    "check",
+    "check_sync",
+    "doctor",
+    "doctor_roundtrip",
+    "doctor_sync",
+    "not_found_report",
+    "render_check",
+    "render_doctor",
+]
 
-ROUNDTRIP_BODY = "example : Type 1 := Type"
-"""The snippet body of the Lean round trip: elaborates with or without a standard library."""
+ProbeStep = Callable[[Worker], Awaitable[list[CheckItem]]]
+"""One capability step of ``check``: given the started worker (``worker.hello`` says what it
+serves), the items it found. A step reports failures as error items; a ``WorkerError`` that
+escapes it becomes a ``check.step_failed`` item."""
 
 _HINT_UPGRADE = "build the parent and the child from the same version of the app's commands module (upgrade both)"
-_HINT_TOOLCHAIN = (
-    "pass --lean PATH (lean_config(lean=...)), or set $LEAN_WORKER_LEAN, run it in a "
-    "Lake project, put lean on PATH, or install the test toolchain: pip install -e '.[toolchain]'"
-)
 
 
 def _item(code: str, severity: Severity, subject: str, message: str, hint: str = "") -> CheckItem:
@@ -64,13 +73,14 @@ async def check(
     config: WorkerConfig,
     *,
     expect: Sequence[Command] = (),
-    lean_imports: Sequence[str] | None = None,
+    steps: Sequence[ProbeStep] | None = None,
 ) -> CheckReport:
     """Check that ``config``'s child works; never raises for a broken child.
 
     ``expect``: the commands the app will call; each must be served with the same schema
-    fingerprint. ``lean_imports``: the modules the app's snippets import (default: none,
-    a bare header); a Lean session with them must open.
+    fingerprint. ``steps``: the capability's own steps, run in order after the handshake
+    until one reports an error (default ``DEFAULT_STEPS``: the ``worker.doctor`` round trip;
+    for the Lean worker, ``lean_worker.lean.lean_steps(imports=...)``).
     """
     target = shlex.join(config.child.argv)
     child = _child_item(config)
@@ -83,11 +93,11 @@ async def check(
             assert hello is not None  # set once the handshake passed
             items.append(_handshake_item(hello))
             items += _command_items(hello, expect)
-            served = {c.name for c in hello.commands}
-            if TOOLCHAIN.name in served:
-                items += await _lean_items(worker, served, list(lean_imports or ()))
-            elif DOCTOR.name in served:
-                items.append(await _doctor_roundtrip(worker))
+            for step in DEFAULT_STEPS if steps is None else steps:
+                found = await _run_step(step, worker)
+                items += found
+                if any(item.severity == "error" for item in found):
+                    break
     except StartupError as exc:  # only the first start raises it: every later step catches its own errors
         items = await _startup_items(config, child, exc)
     return CheckReport(target, items)
@@ -207,66 +217,25 @@ def _command_items(hello: Hello, expect: Sequence[Command]) -> list[CheckItem]:
     return items
 
 
-async def _lean_items(worker: Worker, served: set[str], imports: list[str]) -> list[CheckItem]:
+async def _run_step(step: ProbeStep, worker: Worker) -> list[CheckItem]:
     try:
-        report = await worker.call(TOOLCHAIN, ToolchainQuery())
-    except ToolchainNotFound as exc:
-        return [_item("check.toolchain_not_found", "error", TOOLCHAIN.name, exc.remote_message, _HINT_TOOLCHAIN)]
+        return list(await step(worker))
     except WorkerError as exc:
-        return [_item("check.toolchain_failed", "error", TOOLCHAIN.name, f"{exc.code}: {exc}", _HINT_TOOLCHAIN)]
-    stdlib = "present" if report.stdlib_present else "absent (prelude files only)"
-    items = [_item(
-        "check.toolchain_ok", "ok", TOOLCHAIN.name,
-        f"Lean {report.version} found by {report.source}: {report.lean}; standard library {stdlib}",
-    )]
-    header = _header(report, imports)
-    subject = " ".join(imports) or "(no imports)"
-    if OPEN.name in served:
-        item = await _open_session(worker, header, subject, report)
-        items.append(item)
-        if item.severity == "error":
-            return items
-    if CHECK.name in served:
-        items.append(await _lean_roundtrip(worker, header))
-    return items
+        name = getattr(step, "__qualname__", repr(step))
+        return [_item("check.step_failed", "error", name, f"{exc.code}: {exc}",
+                      "the step let a worker error escape; read the error")]
 
 
-def _header(report: ToolchainReport, imports: list[str]) -> str:
-    lines = [f"import {module}" for module in imports]
-    if not report.stdlib_present:
-        lines.insert(0, "prelude")  # without Init a header must say so, or the implicit `import Init` fails
-    return "\n".join(lines or ["import Init"]) + "\n"
+async def doctor_roundtrip(worker: Worker) -> list[CheckItem]:
+    """The generic round trip: the built-in ``worker.doctor`` answers (``check.roundtrip_*``);
+    nothing for a child too old to serve it."""
+    hello = worker.hello
+    if hello is None or DOCTOR.name not in {c.name for c in hello.commands}:
+        return []
+    return [await _doctor_item(worker)]
 
 
-async def _open_session(worker: Worker, header: str, subject: str, report: ToolchainReport) -> CheckItem:
-    hint = "build those modules (lake build) and put their directory on the search path (--search-path)"
-    if not report.stdlib_present:
-        hint += "; this toolchain has no standard library, so only prelude libraries import"
-    try:
-        info = await worker.call(OPEN, OpenRequest(header))
-    except WorkerError as exc:
-        return _item("check.session_failed", "error", subject, f"{exc.code}: {exc}", hint)
-    errors = [m for m in info.messages if m.severity == "error"]
-    if errors:
-        return _item("check.session_failed", "error", subject, "; ".join(m.text for m in errors[:3]), hint)
-    return _item("check.session_ok", "ok", subject, f"session {info.key} opened in {info.elapsed_ms:.0f} ms ({info.session})")
-
-
-async def _lean_roundtrip(worker: Worker, header: str) -> CheckItem:
-    hint = "run lean-worker doctor, and the snippet by hand with the toolchain it reports"
-    started = time.perf_counter()
-    try:
-        result = await worker.call(CHECK, CheckRequest(header + ROUNDTRIP_BODY, id="check"))
-    except WorkerError as exc:
-        return _item("check.roundtrip_failed", "error", CHECK.name, f"{exc.code}: {exc}", hint)
-    elapsed_ms = (time.perf_counter() - started) * 1e3
-    if result.verdict != "ok":
-        texts = "; ".join(m.text for m in result.messages[:3])
-        return _item("check.roundtrip_failed", "error", CHECK.name, f"verdict {result.verdict}: {texts}", hint)
-    return _item("check.roundtrip_ok", "ok", CHECK.name, f"a trivial snippet checked ok in {elapsed_ms:.0f} ms ({result.session})")
-
-
-async def _doctor_roundtrip(worker: Worker) -> CheckItem:
+async def _doctor_item(worker: Worker) -> CheckItem:
     started = time.perf_counter()
     try:
         report = await worker.call(DOCTOR, DoctorRequest())
@@ -279,6 +248,10 @@ async def _doctor_roundtrip(worker: Worker) -> CheckItem:
                  f"answered in {elapsed_ms:.1f} ms with {len(report.items)} doctor items ({errors} errors)")
 
 
+DEFAULT_STEPS: tuple[ProbeStep, ...] = (doctor_roundtrip,)
+"""The steps of a ``check`` that names none: any worker child serves ``worker.doctor``."""
+
+
 async def doctor(config: WorkerConfig) -> DoctorReport:
     """Start ``config``'s child and return its capabilities' own diagnostics.
 
@@ -289,10 +262,10 @@ async def doctor(config: WorkerConfig) -> DoctorReport:
 
 
 def check_sync(
-    config: WorkerConfig, *, expect: Sequence[Command] = (), lean_imports: Sequence[str] | None = None
+    config: WorkerConfig, *, expect: Sequence[Command] = (), steps: Sequence[ProbeStep] | None = None
 ) -> CheckReport:
     """``check`` for code without an event loop (runs one with ``anyio.run``)."""
-    return anyio.run(functools.partial(check, config, expect=expect, lean_imports=lean_imports))
+    return anyio.run(functools.partial(check, config, expect=expect, steps=steps))
 
 
 def doctor_sync(config: WorkerConfig) -> DoctorReport:

@@ -23,10 +23,10 @@ from collections.abc import Callable
 import anyio
 import msgspec
 
+from lean_worker_exit import oom_kill_count
 from lean_worker_protocol import BOOTSTRAP_ENV, Bootstrap
 
 from ._config import WorkerConfig
-from ._exit import oom_kill_count
 
 logger = logging.getLogger("lean_worker.child")
 

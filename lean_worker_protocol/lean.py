@@ -41,6 +41,7 @@ __all__ = [
     "IndexRequest",
     "IndexSummary",
     "ItemError",
+    "LeanSettings",
     "Message",
     "OpenRequest",
     "Pos",
@@ -210,6 +211,51 @@ class ToolchainReport(msgspec.Struct, frozen=True):
     prefix: str | None
     stdlib_present: bool
     search_path: list[str]
+
+
+# -- the worker's settings ---------------------------------------------------------------------
+
+
+WorkerEngine = Literal["warm", "cold"]
+
+
+class LeanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How one Lean worker child runs, fixed for its life. The parent
+    (``lean_worker.lean.lean_config``) passes it as the child's one argument,
+    ``--settings <JSON>``; the child decodes it with this type, so a bad value fails in
+    the parent (``ValueError`` on construction) and again, typed, in the child.
+
+    - ``lean``: the ``lean`` executable; ``None``: ``$LEAN_WORKER_LEAN``, then ``lake env``
+      in ``project`` (default: the child's working directory), then PATH, then the test
+      toolchain.
+    - ``search_path``: directories of ``.olean`` files, ahead of Lake's and ``$LEAN_PATH``.
+    - ``engine``: ``warm`` (sessions kept alive) or ``cold`` (one process per check): the
+      engine of requests that say ``auto``.
+    - ``max_sessions``: warm sessions the child keeps; opening one more closes the least
+      recently used.
+    - ``lean_args``: extra arguments for every Lean process (e.g. ``-DmaxHeartbeats=1000``).
+    """
+
+    lean: str | None = None
+    project: str | None = None
+    search_path: tuple[str, ...] = ()
+    engine: WorkerEngine = "warm"
+    max_sessions: int = 8
+    lean_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("lean", "project"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"LeanSettings.{name} must be a non-empty path string or None; got {value!r}")
+        if self.engine not in ("warm", "cold"):
+            raise ValueError(f"LeanSettings.engine must be 'warm' or 'cold'; got {self.engine!r}")
+        if not isinstance(self.max_sessions, int) or isinstance(self.max_sessions, bool) or self.max_sessions < 1:
+            raise ValueError(f"LeanSettings.max_sessions must be an int >= 1; got {self.max_sessions!r}")
+        if not all(isinstance(p, str) and p for p in self.search_path):
+            raise ValueError(f"LeanSettings.search_path must hold non-empty path strings; got {self.search_path!r}")
+        if not all(isinstance(a, str) for a in self.lean_args):
+            raise ValueError(f"LeanSettings.lean_args must hold strings; got {self.lean_args!r}")
 
 
 # -- header ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Core contracts the rest of lean-worker builds on, each checked against a real child
 (``tests/children/probe.py``):
 
-- the layering: a child imports the protocol and child runtime, never the parent;
+- the layering: a child imports the protocol and child runtime, never the parent; the
+  protocol loads no other package, not even the exit classification (``lean_worker_exit``);
 - the child's start-up: an explicit environment (no parent secrets, no bootstrap variable
   left for helpers), resource limits applied before the handshake, core dumps off;
 - the protocol's request ids and generations: a frame for anyone else ends the child;
@@ -103,15 +104,33 @@ async def test_the_child_imports_the_protocol_and_child_runtime_but_never_the_pa
     assert [m for m in loaded if m in ("anyio", "psutil", "trio")] == []
 
 
-def test_importing_the_protocol_package_loads_neither_the_parent_nor_the_child_runtime() -> None:
+def packages_loaded_by(statement: str) -> list[str]:
+    """The lean-worker packages (top-level names) a fresh interpreter holds after ``statement``."""
     script = (
-        "import sys, lean_worker_protocol\n"
+        f"import sys; {statement}\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules if m.startswith('lean_worker')})))"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
-    assert result.stdout.split() == ["lean_worker_protocol"]
+    return result.stdout.split()
+
+
+def test_importing_the_protocol_package_loads_neither_the_parent_nor_the_child_runtime_nor_exit_classification() -> None:
+    # Pure types and codec: nothing that reads signals or cgroups (lean_worker_exit) either.
+    assert packages_loaded_by("import lean_worker_protocol, lean_worker_protocol.lean, lean_worker_protocol.probe") == [
+        "lean_worker_protocol"
+    ]
+
+
+def test_exit_classification_imports_none_of_the_other_packages() -> None:
+    assert packages_loaded_by("import lean_worker_exit") == ["lean_worker_exit"]
+
+
+def test_the_lean_capability_of_the_child_may_use_exit_classification_but_never_the_parent() -> None:
+    loaded = packages_loaded_by("import lean_worker_child.lean.worker")
+    assert "lean_worker" not in loaded
+    assert {"lean_worker_child", "lean_worker_exit", "lean_worker_protocol"} <= set(loaded)
 
 
 # -- the child's environment -------------------------------------------------------------------

@@ -287,7 +287,8 @@ async def test_index_streams_declarations_of_compiled_modules(config) -> None:  
 
 
 def test_a_missing_toolchain_is_a_typed_error(library) -> None:  # type: ignore[no-untyped-def]
-    from lean_worker import SyncWorker, ToolchainNotFound
+    from lean_worker import SyncWorker
+    from lean_worker.lean import ToolchainNotFound
 
     with SyncWorker(lean_config(lean="/nonexistent/lean", search_path=[library.root])) as worker:
         with pytest.raises(ToolchainNotFound) as info:

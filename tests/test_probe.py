@@ -19,8 +19,8 @@ from conftest import ROOT, child_config
 
 from examples.typed_streaming.commands import TOKENIZE, TOP_WORDS, Text, TokenizeSummary
 from lean_worker import DOCTOR, Call, ChildCommand, ChildEnv, Stream, WorkerConfig, check, doctor
-from lean_worker.lean import CHECK, OPEN, TOOLCHAIN, lean_config
-from lean_worker_protocol.probe import CheckReport
+from lean_worker.lean import CHECK, OPEN, TOOLCHAIN, check_lean, lean_config, lean_steps
+from lean_worker_protocol.probe import CheckItem, CheckReport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -113,12 +113,56 @@ async def test_a_command_declared_differently_is_schema_mismatch_and_one_not_ser
     assert item(report, "check.command_missing").subject == "wordfreq.translate"
 
 
+# -- capability steps --------------------------------------------------------------------------
+
+
+async def test_capability_steps_run_in_order_and_stop_after_the_first_that_reports_an_error() -> None:
+    ran: list[str] = []
+
+    def step(name: str, severity: str):  # type: ignore[no-untyped-def]
+        async def run(worker: object) -> list[CheckItem]:
+            ran.append(name)
+            return [CheckItem(f"check.{name}", severity, name, f"{name} ran")]  # type: ignore[arg-type]
+
+        return run
+
+    steps = [step("first_ok", "ok"), step("second_warns", "warning"), step("third_fails", "error"), step("never", "ok")]
+    report = await check(child_config("examples.typed_streaming.worker"), steps=steps)
+    assert report.codes() == ["check.child_ok", "check.handshake_ok", "check.first_ok", "check.second_warns", "check.third_fails"]
+    assert ran == ["first_ok", "second_warns", "third_fails"]
+
+
+async def test_a_worker_error_that_escapes_a_step_is_step_failed_naming_the_step() -> None:
+    async def asks_for_what_is_not_served(worker):  # type: ignore[no-untyped-def]
+        await worker.call(Call("wordfreq.translate", request=Text, response=str), Text("hi"))
+        return []
+
+    report = await check(child_config("examples.typed_streaming.worker"), steps=[asks_for_what_is_not_served])
+    assert report.codes() == ["check.child_ok", "check.handshake_ok", "check.step_failed"]
+    failed = item(report, "check.step_failed")
+    assert failed.subject.endswith("asks_for_what_is_not_served")
+    assert failed.message.startswith("worker.schema_mismatch: ")
+
+
+async def test_the_generic_check_of_a_lean_worker_runs_only_the_doctor_round_trip() -> None:
+    # The Lean steps come with the Lean API (lean_steps); the generic probe knows no Lean.
+    report = await check(lean_worker("/nonexistent/lean"))
+    assert report.codes() == ["check.child_ok", "check.handshake_ok", "check.roundtrip_ok"]
+    assert item(report, "check.roundtrip_ok").subject == DOCTOR.name
+
+
+async def test_lean_steps_against_a_child_that_is_not_a_lean_worker_are_toolchain_failed() -> None:
+    report = await check(child_config("examples.typed_streaming.worker"), steps=lean_steps(["LwFix.Nat"]))
+    assert report.codes() == ["check.child_ok", "check.handshake_ok", "check.toolchain_failed"]
+    assert "does not serve lean.toolchain" in item(report, "check.toolchain_failed").message
+
+
 # -- the Lean worker ---------------------------------------------------------------------------
 
 
 async def test_the_lean_worker_with_the_fixture_library_passes_every_check(lean_toolchain, library) -> None:  # type: ignore[no-untyped-def]
     config = lean_worker(lean_toolchain.lean, library.root)
-    report = await check(config, expect=[CHECK, OPEN, TOOLCHAIN, DOCTOR], lean_imports=["LwFix.Nat", "LwFix.List"])
+    report = await check(config, expect=[CHECK, OPEN, TOOLCHAIN, DOCTOR], steps=lean_steps(["LwFix.Nat", "LwFix.List"]))
     assert report.codes() == [
         "check.child_ok", "check.handshake_ok", "check.commands_ok",
         "check.toolchain_ok", "check.session_ok", "check.roundtrip_ok",
@@ -130,15 +174,17 @@ async def test_the_lean_worker_with_the_fixture_library_passes_every_check(lean_
 
 
 async def test_a_lean_worker_without_a_toolchain_is_toolchain_not_found() -> None:
-    report = await check(lean_worker("/nonexistent/lean"), lean_imports=["LwFix.Nat"])
+    report = await check(lean_worker("/nonexistent/lean"), steps=lean_steps(["LwFix.Nat"]))
     assert report.codes() == ["check.child_ok", "check.handshake_ok", "check.toolchain_not_found"]
     found = item(report, "check.toolchain_not_found")
     assert "/nonexistent/lean" in found.message and "--lean" in found.hint
 
 
 async def test_imports_of_a_module_that_does_not_exist_are_session_failed(lean_toolchain, library) -> None:  # type: ignore[no-untyped-def]
-    report = await check(lean_worker(lean_toolchain.lean, library.root), lean_imports=["LwFix.Missing"])
-    assert report.codes() == ["check.child_ok", "check.handshake_ok", "check.toolchain_ok", "check.session_failed"]
+    report = await check_lean(lean_worker(lean_toolchain.lean, library.root), imports=["LwFix.Missing"])
+    assert report.codes() == [
+        "check.child_ok", "check.handshake_ok", "check.commands_ok", "check.toolchain_ok", "check.session_failed",
+    ]
     found = item(report, "check.session_failed")
     assert found.subject == "LwFix.Missing"
     assert "LwFix.Missing does not exist" in found.message  # Lean's own words

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from lean_worker_protocol._exit import classify
+from lean_worker_exit import classify
 from lean_worker_protocol.lean import CheckResult, Header, HeaderError, Message, Pos, parse_header
 
 from .._boot import pdeathsig_preexec

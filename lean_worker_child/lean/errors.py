@@ -1,5 +1,6 @@
 """Typed failures of the Lean capability. Each has a stable ``code`` that crosses the
-protocol in the error response; the parent maps it to the matching ``lean_worker`` error."""
+protocol in the error response; the parent raises the class ``lean_worker.lean`` registered
+for it (``LeanCrashed``, ``LeanTimeout``...)."""
 
 from __future__ import annotations
 

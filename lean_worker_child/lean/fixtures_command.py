@@ -10,14 +10,15 @@ from lean_worker_protocol.lean import FIXTURES, FixturesReport, FixturesRequest
 
 from .. import RequestContext
 from .fixtures import build_heavy_header, build_library, default_library_source
-from .worker import _engines, app, state
+from .worker import _engines, app, runtime
 
 
 @app.handler(FIXTURES)
 def fixtures(request: FixturesRequest, ctx: RequestContext) -> FixturesReport:
     _engines()  # a missing toolchain fails here with lean.toolchain_not_found
-    assert state.toolchain is not None
-    lean = state.toolchain.lean
+    toolchain = runtime().toolchain
+    assert toolchain is not None
+    lean = toolchain.lean
     library = build_library(lean)
     heavy = build_heavy_header(lean) if request.heavy else None
     return FixturesReport(

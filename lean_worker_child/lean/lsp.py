@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from lean_worker_protocol._exit import classify, oom_kill_count
+from lean_worker_exit import classify, oom_kill_count
 
 from .._boot import pdeathsig_preexec
 from .errors import LeanCrashed, LeanError, LeanTimeout

@@ -1,7 +1,10 @@
 """The first-party Lean worker child: ``python -m lean_worker_child.lean``.
 
-    python -m lean_worker_child.lean [--lean PATH] [--project DIR] [--search-path DIR]...
-                                     [--engine warm|cold] [--max-sessions N] [--lean-arg ARG]...
+    python -m lean_worker_child.lean [--settings JSON]
+
+Its one argument is a ``lean_worker_protocol.lean.LeanSettings`` as JSON (the parent's
+``lean_config`` writes it; omitted: the defaults). It is decoded once, at start-up, into an
+immutable ``LeanRuntime``: the settings, the toolchain resolved for them and the engines.
 
 Serves ``lean_worker_protocol.lean``: ``lean.check``, ``lean.check_batch``, ``lean.index``
 and ``lean.toolchain``, and the Lean items of ``worker.doctor`` (``lean_doctor``). The
@@ -18,8 +21,12 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
+from lean_worker_protocol import VERSION
 from lean_worker_protocol.lean import (
     CHECK,
     CHECK_BATCH,
@@ -36,6 +43,7 @@ from lean_worker_protocol.lean import (
     IndexRequest,
     IndexSummary,
     ItemError,
+    LeanSettings,
     OpenRequest,
     Pos,
     SessionInfo,
@@ -52,60 +60,81 @@ from .fixtures import FixtureError, library_state
 from .provision import cache_dir
 from .toolchain import LEAN_ENV, Toolchain, ToolchainError, resolve_toolchain
 
-app = WorkerApp("lean-worker-lean", version="0.1.0")
+app = WorkerApp("lean-worker-lean", version=VERSION)
 
 
-class _State:
+@dataclass(frozen=True)
+class LeanRuntime:
+    """What this child resolved from its settings at start-up; fixed for its life."""
+
+    settings: LeanSettings
+    requested_search_path: tuple[str, ...]
+    """``settings.search_path`` resolved, known even when no toolchain was found."""
     toolchain: Toolchain | None = None
     toolchain_error: ToolchainError | None = None
-    search_path: list[str] = []
-    engine = "warm"
-    max_sessions = 8
-    requested_search_path: list[str] = []
-    """``--search-path`` as given (resolved), known even when no toolchain was found."""
+    search_path: tuple[str, ...] = ()
+    """What Lean searches: the requested directories, the toolchain's, then ``$LEAN_PATH``."""
     warm: WarmEngine | None = None
     cold: ColdEngine | None = None
 
+    @classmethod
+    def start(cls, settings: LeanSettings) -> LeanRuntime:
+        """Resolve the toolchain and build the engines; without a toolchain the runtime
+        keeps the error, and every command answers with it."""
+        requested = tuple(str(Path(p).resolve()) for p in settings.search_path)
+        try:
+            toolchain = resolve_toolchain(settings.lean, project=settings.project)
+        except ToolchainError as exc:
+            return cls(settings, requested, toolchain_error=exc)
+        inherited = [p for p in os.environ.get("LEAN_PATH", "").split(os.pathsep) if p]
+        search_path = (*requested, *toolchain.search_path, *inherited)
+        env = dict(os.environ)
+        env["LEAN_PATH"] = os.pathsep.join(search_path)
+        extra = list(settings.lean_args)
+        warm = WarmEngine(toolchain.lean, env=env, max_sessions=settings.max_sessions, extra_args=extra)
+        cold = ColdEngine(toolchain.lean, env=env, extra_args=extra)
+        atexit.register(warm.close)
+        return cls(settings, requested, toolchain, None, search_path, warm, cold)
 
-state = _State()
+    def engines(self) -> tuple[WarmEngine, ColdEngine]:
+        if self.warm is None or self.cold is None:
+            raise self.toolchain_error or ToolchainError("the Lean worker is not configured")
+        return self.warm, self.cold
 
 
-def configure(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lean_worker_child.lean")
-    parser.add_argument("--lean", help="the lean executable (default: resolution order of toolchain.py)")
-    parser.add_argument("--project", help="a Lake project directory (default: the working directory)")
-    parser.add_argument("--search-path", action="append", default=[], help="a directory of .olean files (repeatable)")
-    parser.add_argument("--engine", choices=("warm", "cold"), default="warm")
-    parser.add_argument("--max-sessions", type=int, default=8, help="warm sessions kept alive (default 8)")
-    parser.add_argument("--lean-arg", action="append", default=[], help="extra argument for every lean process")
-    args = parser.parse_args(argv)
-    state.engine = args.engine
-    state.max_sessions = args.max_sessions
-    state.requested_search_path = [str(Path(p).resolve()) for p in args.search_path]
-    try:
-        state.toolchain = resolve_toolchain(args.lean, project=args.project)
-    except ToolchainError as exc:
-        state.toolchain_error = exc
-        return
-    inherited = [p for p in os.environ.get("LEAN_PATH", "").split(os.pathsep) if p]
-    state.search_path = [str(Path(p).resolve()) for p in args.search_path] + state.toolchain.search_path + inherited
-    env = dict(os.environ)
-    env["LEAN_PATH"] = os.pathsep.join(state.search_path)
-    state.warm = WarmEngine(state.toolchain.lean, env=env, max_sessions=args.max_sessions, extra_args=args.lean_arg)
-    state.cold = ColdEngine(state.toolchain.lean, env=env, extra_args=args.lean_arg)
-    atexit.register(state.warm.close)
+_runtime: LeanRuntime | None = None
+"""Set once by ``main`` before the app serves; handlers read it through ``runtime()``."""
+
+
+def runtime() -> LeanRuntime:
+    if _runtime is None:
+        raise ToolchainError("the Lean worker is not configured: start it with main()")
+    return _runtime
 
 
 def _engines() -> tuple[WarmEngine, ColdEngine]:
-    if state.warm is None or state.cold is None:
-        raise state.toolchain_error or ToolchainError("the Lean worker is not configured")
-    return state.warm, state.cold
+    return runtime().engines()
+
+
+def parse_settings(argv: list[str] | None = None) -> LeanSettings:
+    """The ``LeanSettings`` of ``--settings JSON`` (default: ``LeanSettings()``); a bad
+    value exits with status 2 and says which field is wrong."""
+    parser = argparse.ArgumentParser(prog="python -m lean_worker_child.lean")
+    parser.add_argument("--settings", metavar="JSON",
+                        help="a LeanSettings as JSON, as lean_worker.lean.lean_child_args writes it")
+    args = parser.parse_args(argv)
+    if args.settings is None:
+        return LeanSettings()
+    try:
+        return msgspec.json.decode(args.settings, type=LeanSettings)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        parser.error(f"--settings: {exc}")
 
 
 def check_one(request: CheckRequest, timeout_s: float | None) -> CheckResult:
     """Check one snippet (the handlers charge imports by the sessions the warm engine opened)."""
     warm, cold = _engines()
-    engine = state.engine if request.engine == "auto" else request.engine
+    engine = runtime().settings.engine if request.engine == "auto" else request.engine
     if engine == "cold":
         return cold.check(request.code, id=request.id, timeout_s=timeout_s)
     try:
@@ -176,13 +205,13 @@ def check_batch(request: CheckBatch, ctx: RequestContext) -> BatchSummary:
     return BatchSummary(total, dict(verdicts), dict(errors), warm.imports - before, (time.perf_counter() - started) * 1e3)
 
 
-def _ilean_files(modules: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
+def _ilean_files(modules: list[str], search_path: tuple[str, ...]) -> tuple[list[tuple[str, Path]], list[str]]:
     found: list[tuple[str, Path]] = []
     missing: list[str] = []
     if modules:
         for module in modules:
             rel = Path(*module.split(".")).with_suffix(".ilean")
-            for root in state.search_path:
+            for root in search_path:
                 if (Path(root) / rel).is_file():
                     found.append((module, Path(root) / rel))
                     break
@@ -190,7 +219,7 @@ def _ilean_files(modules: list[str]) -> tuple[list[tuple[str, Path]], list[str]]
                 missing.append(module)
         return found, missing
     seen: set[str] = set()
-    for root in state.search_path:
+    for root in search_path:
         base = Path(root)
         for path in sorted(base.rglob("*.ilean")):
             module = ".".join(path.relative_to(base).with_suffix("").parts)
@@ -210,7 +239,7 @@ def index(request: IndexRequest, ctx: RequestContext) -> IndexSummary:
     import orjson
 
     _engines()
-    found, missing = _ilean_files(request.modules)
+    found, missing = _ilean_files(request.modules, runtime().search_path)
     count = 0
     for n, (module, path) in enumerate(found):
         ctx.check_cancelled()
@@ -228,21 +257,23 @@ def index(request: IndexRequest, ctx: RequestContext) -> IndexSummary:
 @app.handler(TOOLCHAIN)
 def toolchain(request: ToolchainQuery, ctx: RequestContext) -> ToolchainReport:
     _engines()
-    tc = state.toolchain
+    rt = runtime()
+    tc = rt.toolchain
     assert tc is not None
-    return ToolchainReport(tc.lean, tc.source, tc.version, tc.commit or None, tc.prefix or None, tc.stdlib_present, state.search_path)
+    return ToolchainReport(tc.lean, tc.source, tc.version, tc.commit or None, tc.prefix or None, tc.stdlib_present, list(rt.search_path))
 
 
 @app.doctor
 def lean_doctor() -> Iterator[DoctorItem]:
     """What ``lean-worker doctor`` shows for the Lean capability: toolchain, standard
     library, search path, cache, fixture library and engine."""
-    tc = state.toolchain
+    rt = runtime()
+    tc = rt.toolchain
     if tc is None:
         yield DoctorItem(
             "lean.toolchain",
             "error",
-            str(state.toolchain_error or "the Lean worker is not configured"),
+            str(rt.toolchain_error or "the Lean worker is not configured"),
             f"pass --lean PATH (lean_config(lean=...)), set ${LEAN_ENV}, run in a Lake project, "
             "put lean on PATH, or install the test toolchain: pip install -e '.[toolchain]'",
         )
@@ -259,16 +290,17 @@ def lean_doctor() -> Iterator[DoctorItem]:
                 f"no standard library (no Init.olean in {tc.library_dir}): only prelude files check",
                 "use a full toolchain (elan, a Lake project) to import Init, Std or Mathlib",
             )
-    yield _search_path_item(state.search_path if tc is not None else state.requested_search_path)
+    yield _search_path_item(list(rt.search_path if tc is not None else rt.requested_search_path))
     yield _cache_item()
     if tc is not None:
         yield _fixtures_item(tc)
-    sessions = len(state.warm.session_pids()) if state.warm is not None else 0
+    sessions = len(rt.warm.session_pids()) if rt.warm is not None else 0
+    engine, max_sessions = rt.settings.engine, rt.settings.max_sessions
     yield DoctorItem(
         "lean.engine",
         "ok",
-        f"engine={state.engine} max_sessions={state.max_sessions} open_sessions={sessions}",
-        data={"engine": state.engine, "max_sessions": str(state.max_sessions), "open_sessions": str(sessions)},
+        f"engine={engine} max_sessions={max_sessions} open_sessions={sessions}",
+        data={"engine": engine, "max_sessions": str(max_sessions), "open_sessions": str(sessions)},
     )
 
 
@@ -313,5 +345,6 @@ def _fixtures_item(tc: Toolchain) -> DoctorItem:
 
 
 def main(argv: list[str] | None = None) -> None:
-    configure(argv)
+    global _runtime
+    _runtime = LeanRuntime.start(parse_settings(argv))
     app.serve()

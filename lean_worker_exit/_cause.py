@@ -1,13 +1,9 @@
-"""How a process ended: stable cause codes and the classification of an exit status.
-
-Pure functions of an exit status and its circumstances, shared by the parent (for its
-child) and the child (for the Lean processes it runs), so both report ends the same way.
-"""
+"""Exit causes and the classification of an exit status: pure functions of the status and
+its circumstances."""
 
 from __future__ import annotations
 
 import enum
-import os
 import signal
 
 
@@ -43,6 +39,7 @@ _SIGNAL_CAUSES: dict[int, ExitCause] = {
 
 
 def signal_name(returncode: int | None) -> str | None:
+    """``SIGSEGV`` for a process killed by that signal (a negative ``returncode``), else ``None``."""
     if returncode is None or returncode >= 0:
         return None
     try:
@@ -77,42 +74,3 @@ def classify(
     if sig == signal.SIGXCPU:
         return cause, "CPU time limit (rlimits.cpu_seconds) reached"
     return cause, None
-
-
-def _cgroup_events_path() -> str | None:
-    try:
-        with open("/proc/self/cgroup") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        hier, _controllers, path = line.split(":", 2)
-        if hier == "0":
-            candidate = f"/sys/fs/cgroup{path}/memory.events"
-            if os.path.exists(candidate):
-                return candidate
-            candidate = f"/sys/fs/cgroup/unified{path}/memory.events"
-            if os.path.exists(candidate):
-                return candidate
-    return None
-
-
-_EVENTS_PATH: str | None | bool = False
-
-
-def oom_kill_count() -> int | None:
-    """The cgroup's OOM-kill counter (cgroup v2), or ``None`` when unavailable."""
-    global _EVENTS_PATH
-    if _EVENTS_PATH is False:
-        _EVENTS_PATH = _cgroup_events_path()
-    if not _EVENTS_PATH:
-        return None
-    try:
-        with open(_EVENTS_PATH) as fh:  # type: ignore[arg-type]
-            for line in fh:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        return None
-    return None
