@@ -8,7 +8,7 @@ load on the machine inflates them less; round trips use wall time (median).
 - ``lock_with_ns`` / ``lock_bound_ns``: a ``threading.Lock`` taken with ``with`` against
   bound ``acquire``/``release``.
 - ``anyio_lock_ns`` / ``fifo_lock_ns``: uncontended acquire + release of ``anyio.Lock``
-  (fast_acquire) against the supervisor's ``_FifoLock``, on asyncio.
+  (fast_acquire) against the supervisor's ``FifoLock`` (lean_worker/_lock.py), on asyncio.
 - ``row_encode_under_lock_us`` / ``row_append_us``: per row, encoding into a buffer under
   a lock (the first child design) against ``RequestContext.emit`` (append; the batch is
   encoded in one call at flush), both including the flushes.
@@ -63,11 +63,11 @@ def locks() -> dict[str, float]:
 
 
 def async_locks() -> dict[str, float]:
-    from lean_worker._worker import _FifoLock
+    from lean_worker._lock import FifoLock
 
     async def run() -> dict[str, float]:
         out = {}
-        for key, lock in (("anyio_lock_ns", anyio.Lock(fast_acquire=True)), ("fifo_lock_ns", _FifoLock())):
+        for key, lock in (("anyio_lock_ns", anyio.Lock(fast_acquire=True)), ("fifo_lock_ns", FifoLock())):
             best = float("inf")
             for _ in range(5):
                 t0 = time.thread_time()

@@ -2,12 +2,15 @@
 
 The parent side. ``Worker`` (async, anyio) and ``SyncWorker`` run one supervised child that
 serves typed commands (``Call``, ``Stream``) declared with msgspec types and implemented
-with ``lean_worker_child.WorkerApp``.
+with ``lean_worker_child.WorkerApp``; ``Pool`` and ``SyncPool`` run many. The Lean API
+(commands, ``lean_config``, the Lean errors) is ``lean_worker.lean``; the batch job is
+``lean_worker.verify``.
 """
 
 from lean_worker_protocol import (
     DEFAULT_STREAM,
     PROTOCOL_VERSION,
+    VERSION,
     Call,
     Diagnostic,
     Position,
@@ -15,20 +18,27 @@ from lean_worker_protocol import (
     Rlimits,
     Stream,
 )
+from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorItem, DoctorReport
 
+from ._clock import Clock, ManualClock
 from ._config import ChildCommand, ChildEnv, RestartPolicy, RestartReason, WorkerConfig
 from ._errors import (
     BadRequest,
     ChannelClosed,
+    ChildNotFound,
     CorruptStream,
     HandshakeError,
-    LeanCrashed,
-    LeanError,
-    LeanHeaderError,
-    LeanTimeout,
+    InvalidRequest,
+    LeaseInvalidated,
     MemoryLimitExceeded,
     OversizeFrame,
+    PoolBudgetExceeded,
+    PoolClosed,
+    PoolError,
+    PoolUnavailable,
     ProtocolViolation,
+    QueueTimeout,
+    ReentrantRequest,
     RemoteError,
     RequestCancelled,
     RequestError,
@@ -40,48 +50,94 @@ from ._errors import (
     SchemaViolation,
     StartupError,
     StartupTimeout,
-    ToolchainNotFound,
     UnexpectedFrame,
     UnknownCommand,
+    WorkerBusy,
     WorkerClosed,
     WorkerCrashed,
     WorkerError,
+    register_remote_error,
+    remote_error_class,
 )
 from ._exit import ExitCause, ExitInfo
-from ._errors import LeaseInvalidated, PoolBudgetExceeded, PoolClosed, PoolError, QueueTimeout
 from ._pool import Lease, Outcome, Pool, PoolSnapshot, WorkerSnapshot
-from ._sync import SyncStreamCall, SyncWorker
-from ._worker import DEFAULT, RowBatch, ShutdownReport, StreamCall, StreamSummary, Worker, WorkerStats
-from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorItem, DoctorReport
-from ._errors import ChildNotFound
 from ._probe import check, check_sync, doctor, doctor_sync
 from ._resolve import resolve_child, sibling
+from ._sync import SyncStreamCall, SyncWorker
+from ._sync_pool import SyncLease, SyncPool
+from ._worker import (
+    DEFAULT,
+    RowBatch,
+    ShutdownReport,
+    StreamCall,
+    StreamSummary,
+    TraceEvent,
+    Tracer,
+    Worker,
+    WorkerStats,
+)
 
-__version__ = "0.1.0"
+__version__ = VERSION
+"""From the installed package's metadata (``pyproject.toml``), the one version source."""
 
 __all__ = [
-    "DEFAULT",
+    # Declaring commands (from the protocol package)
     "DEFAULT_STREAM",
     "PROTOCOL_VERSION",
-    "BadRequest",
     "Call",
-    "ChannelClosed",
-    "ChildCommand",
-    "ChildEnv",
-    "CorruptStream",
     "Diagnostic",
-    "ExitCause",
-    "ExitInfo",
-    "HandshakeError",
-    "LeanCrashed",
-    "LeanError",
-    "LeanHeaderError",
-    "LeanTimeout",
-    "MemoryLimitExceeded",
-    "OversizeFrame",
     "Position",
     "Progress",
+    "Stream",
+    # Configuring a worker
+    "ChildCommand",
+    "ChildEnv",
+    "Clock",
+    "ManualClock",
+    "RestartPolicy",
+    "RestartReason",
+    "Rlimits",
+    "WorkerConfig",
+    # One worker
+    "DEFAULT",
+    "RowBatch",
+    "ShutdownReport",
+    "StreamCall",
+    "StreamSummary",
+    "SyncStreamCall",
+    "SyncWorker",
+    "TraceEvent",
+    "Tracer",
+    "Worker",
+    "WorkerStats",
+    # Many workers
+    "Lease",
+    "Outcome",
+    "Pool",
+    "PoolSnapshot",
+    "SyncLease",
+    "SyncPool",
+    "WorkerSnapshot",
+    # How a child ended
+    "ExitCause",
+    "ExitInfo",
+    # Errors (the tree is drawn in lean_worker/_errors.py)
+    "BadRequest",
+    "ChannelClosed",
+    "ChildNotFound",
+    "CorruptStream",
+    "HandshakeError",
+    "InvalidRequest",
+    "LeaseInvalidated",
+    "MemoryLimitExceeded",
+    "OversizeFrame",
+    "PoolBudgetExceeded",
+    "PoolClosed",
+    "PoolError",
+    "PoolUnavailable",
     "ProtocolViolation",
+    "QueueTimeout",
+    "ReentrantRequest",
     "RemoteError",
     "RequestCancelled",
     "RequestError",
@@ -89,33 +145,22 @@ __all__ = [
     "RequestTooLarge",
     "ResponseDecodeError",
     "RestartLimitExceeded",
-    "RestartPolicy",
-    "RestartReason",
-    "Rlimits",
-    "RowBatch",
     "SchemaMismatch",
     "SchemaViolation",
-    "ShutdownReport",
     "StartupError",
     "StartupTimeout",
-    "ToolchainNotFound",
-    "Stream",
-    "StreamCall",
-    "StreamSummary",
-    "SyncStreamCall",
-    "SyncWorker",
     "UnexpectedFrame",
     "UnknownCommand",
-    "Worker",
+    "WorkerBusy",
     "WorkerClosed",
-    "WorkerConfig",
     "WorkerCrashed",
     "WorkerError",
-    "WorkerStats",
+    "register_remote_error",
+    "remote_error_class",
+    # Probes and child resolution
     "DOCTOR",
     "CheckItem",
     "CheckReport",
-    "ChildNotFound",
     "DoctorItem",
     "DoctorReport",
     "check",
@@ -124,14 +169,4 @@ __all__ = [
     "doctor_sync",
     "resolve_child",
     "sibling",
-    "Lease",
-    "LeaseInvalidated",
-    "Outcome",
-    "Pool",
-    "PoolBudgetExceeded",
-    "PoolClosed",
-    "PoolError",
-    "PoolSnapshot",
-    "QueueTimeout",
-    "WorkerSnapshot",
 ]

@@ -13,18 +13,26 @@
   snippet's header). A lease with a key goes to an idle worker that has served the key if
   there is one (a hit), else to the idle worker with the fewest keys (a miss). Each worker
   remembers at most ``keys_per_worker`` keys, least recently used out first (an eviction),
-  matching the child's own session limit. A worker that restarted has lost its keys.
+  matching the child's own session limit (``WorkerConfig.session_limit``, which
+  ``lean_config`` sets from ``max_sessions``). A worker that restarted has lost its keys.
 - **Memory.** ``rss_budget_bytes`` bounds the pool's total: before a lease, if the workers'
   trees are over it (RSS, confirmed by PSS), idle workers are cycled largest first; if the
   pool is still over, the lease is refused with ``PoolBudgetExceeded``. The per-worker
   ceiling and idle cycling are the workers' own ``RestartPolicy``.
-- **Invalidation.** A lease is bound to the generation of its worker's child. If that child
-  ends while the lease is held (a crash, a timeout), the lease is invalidated: its next call
-  raises ``LeaseInvalidated`` instead of running on a new child that lacks the state the
-  holder built.
+- **Leases hold their child.** A lease is bound to the generation of its worker's child.
+  Planned restarts (``max_requests``, ``max_imports``, the RSS ceiling, idle retirement)
+  that come due during a lease wait until it ends; they run when the worker is next
+  leased. Only an unplanned end (a crash, a timeout, the RSS hard limit) or an explicit
+  ``cycle()`` invalidates a lease: its next call raises ``LeaseInvalidated`` instead of
+  running on a new child that lacks the state the holder built.
+- **Tripped workers leave rotation.** A worker whose restart limit refuses a new child
+  (``RestartLimitExceeded``) gets no leases until its window lets it start one again
+  (``WorkerSnapshot.restart_blocked_s``). When no worker can run and none is busy, a lease
+  fails at once with ``PoolUnavailable``, which names each worker's cause.
 - **Batches.** ``pool.map(command, requests)`` runs every request on the pool and yields an
-  ``Outcome`` per request as it finishes; a request that fails (a crash, a timeout, a bad
-  item) is an outcome with ``error`` set and never fails the batch.
+  ``Outcome`` per request as it finishes; a request that fails (a crash, a timeout, a
+  request that does not match its type) is an outcome with ``error`` set, always a
+  ``WorkerError``, and never fails the batch.
 """
 
 from __future__ import annotations
@@ -40,12 +48,38 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from lean_worker_protocol import Call, Stream
+
+from ._clock import Clock
 from ._config import WorkerConfig
-from ._errors import LeaseInvalidated, PoolBudgetExceeded, PoolClosed, QueueTimeout, WorkerError
-from ._worker import DEFAULT, Worker
+from ._errors import (
+    LeaseInvalidated,
+    PoolBudgetExceeded,
+    PoolClosed,
+    PoolError,
+    PoolUnavailable,
+    QueueTimeout,
+    RestartLimitExceeded,
+    WorkerError,
+)
+from ._worker import (
+    DEFAULT,
+    DiagnosticCallback,
+    ProgressCallback,
+    StreamCall,
+    Tracer,
+    Worker,
+    check_timeout,
+    session_keys_of,
+)
 
 ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
+RowT = TypeVar("RowT")
+SummaryT = TypeVar("SummaryT")
+
+DEFAULT_KEYS_PER_WORKER = 8
+"""Keys remembered per worker when the config does not give the child's ``session_limit``."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +94,9 @@ class WorkerSnapshot:
     imports: int
     restarts: dict[str, int]
     rss_bytes: int | None
+    restart_blocked_s: float = 0.0
+    """Seconds until the restart limit lets this worker start a child again; while above 0
+    the worker is out of rotation. 0: in rotation."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +134,15 @@ class _Waiter:
     key: Hashable | None
     event: anyio.Event = field(default_factory=anyio.Event)
     slot: _Slot | None = None
+    error: PoolError | None = None
 
 
 class Lease:
     """Exclusive use of one pool worker, bound to the generation of its child."""
 
-    def __init__(self, slot: _Slot) -> None:
+    def __init__(self, slot: _Slot, generation: int) -> None:
         self._slot = slot
-        self.generation = slot.worker.generation
+        self.generation = generation
         self.index = slot.index
 
     @property
@@ -116,17 +154,41 @@ class Lease:
     def worker(self) -> Worker:
         """The leased worker; raises ``LeaseInvalidated`` once its child has ended."""
         if not self.valid:
+            current = self._slot.worker.generation
             raise LeaseInvalidated(
                 f"pool worker {self.index}: its child (generation {self.generation}) ended while leased; "
-                f"now generation={self._slot.worker.generation}: take a new lease"
+                f"now generation={current}: take a new lease",
+                worker=self.index, generation=self.generation, current_generation=current,
             )
         return self._slot.worker
 
-    async def call(self, command: Any, request: Any, **options: Any) -> Any:
-        return await self.worker.call(command, request, **options)
+    async def call(
+        self,
+        command: Call[ReqT, RespT],
+        request: ReqT,
+        *,
+        timeout: float | None = DEFAULT,
+        on_diagnostic: DiagnosticCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> RespT:
+        """``Worker.call`` on the leased worker's child (``LeaseInvalidated`` once it ended)."""
+        return await self.worker.call(
+            command, request, timeout=timeout, on_diagnostic=on_diagnostic, on_progress=on_progress
+        )
 
-    def stream(self, command: Any, request: Any, **options: Any) -> Any:
-        return self.worker.stream(command, request, **options)
+    def stream(
+        self,
+        command: Stream[ReqT, RowT, SummaryT],
+        request: ReqT,
+        *,
+        timeout: float | None = DEFAULT,
+        on_diagnostic: DiagnosticCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> StreamCall[RowT, SummaryT]:
+        """``Worker.stream`` on the leased worker's child (``LeaseInvalidated`` once it ended)."""
+        return self.worker.stream(
+            command, request, timeout=timeout, on_diagnostic=on_diagnostic, on_progress=on_progress
+        )
 
 
 @dataclass(frozen=True)
@@ -153,13 +215,17 @@ class Pool:
         *,
         queue_timeout_s: float | None = 60.0,
         rss_budget_bytes: int | None = None,
-        keys_per_worker: int = 8,
+        keys_per_worker: int | None = None,
+        clock: Clock | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1; got {size}")
+        if keys_per_worker is None:  # as many as the child keeps sessions
+            keys_per_worker = config.session_limit or DEFAULT_KEYS_PER_WORKER
         if keys_per_worker < 1:
             raise ValueError(f"keys_per_worker must be >= 1; got {keys_per_worker}")
-        if queue_timeout_s is not None and queue_timeout_s <= 0:
+        if queue_timeout_s is not None and not queue_timeout_s > 0:
             raise ValueError(f"queue_timeout_s must be positive or None; got {queue_timeout_s}")
         self.config = config
         self.size = size
@@ -167,7 +233,7 @@ class Pool:
         self.rss_budget_bytes = rss_budget_bytes
         self.keys_per_worker = keys_per_worker
         self._slots = [
-            _Slot(i, Worker(replace(config, name=f"{config.name}-{i}"))) for i in range(size)
+            _Slot(i, Worker(replace(config, name=f"{config.name}-{i}"), clock=clock, tracer=tracer)) for i in range(size)
         ]
         self._waiters: deque[_Waiter] = deque()
         self._closed = True
@@ -190,6 +256,7 @@ class Pool:
                     tg.start_soon(slot.worker.start)
         except BaseException:
             await self.close()
+            await self._stack.aclose()
             raise
         for slot in self._slots:
             slot.generation = slot.worker.generation
@@ -197,9 +264,13 @@ class Pool:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.close()
+        # Only here, in the task and scope that entered them, are the workers' task
+        # groups exited: close() may be called from any scope (inside a fail_after).
+        await self._stack.aclose()
 
     async def close(self) -> None:
-        """Close every worker; queued lease requests fail with ``PoolClosed``."""
+        """Close every worker (their children are stopped and reaped); queued and later
+        lease requests fail with ``PoolClosed``. Leaving ``async with`` calls it."""
         self._closed = True
         while self._waiters:
             self._waiters.popleft().event.set()
@@ -207,7 +278,6 @@ class Pool:
             async with anyio.create_task_group() as tg:
                 for slot in self._slots:
                     tg.start_soon(slot.worker.close)
-        await self._stack.aclose()  # outside the shield: each worker exits its own task group
 
     # -- leases -------------------------------------------------------------------------------
     @asynccontextmanager
@@ -215,16 +285,24 @@ class Pool:
         """Lease a worker (warm for ``key`` if one is idle); released when the block ends."""
         slot = await self._acquire(key)
         try:
-            if slot.worker.pid is None:  # retired while idle, or its child died: start one now
-                await slot.worker.start()
+            # A planned restart that is due runs now (not during the lease), a worker
+            # without a child starts one, and the worker is bound to that child.
+            generation = await slot.worker._hold(key, slot.index)
             self._refresh(slot)
-            yield Lease(slot)
+            self._learn(slot, key)
+            yield Lease(slot, generation)
         finally:
+            slot.worker._unhold()
             self._release(slot)
 
     async def call(
-        self, command: Any, request: Any, *, key: Hashable | None = None, timeout: float | None = DEFAULT
-    ) -> Any:
+        self,
+        command: Call[ReqT, RespT],
+        request: ReqT,
+        *,
+        key: Hashable | None = None,
+        timeout: float | None = DEFAULT,
+    ) -> RespT:
         """Run one ``Call`` on a leased worker. ``key`` defaults to the command's session key."""
         if key is None:
             key = _first_key(command, request)
@@ -239,6 +317,9 @@ class Pool:
             slot = self._pick(key)
             if slot is not None:
                 return slot
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            raise unavailable
         waiter = _Waiter(key)
         self._waiters.append(waiter)
         started = time.monotonic()
@@ -256,6 +337,8 @@ class Pool:
             return waiter.slot
         if waiter in self._waiters:
             self._waiters.remove(waiter)
+        if waiter.error is not None:
+            raise waiter.error
         if self._closed:
             raise PoolClosed("the pool closed while this lease request was queued")
         self._counts["queue_timeouts"] += 1
@@ -274,7 +357,8 @@ class Pool:
             slot.generation = worker.generation
 
     def _pick(self, key: Hashable | None) -> _Slot | None:
-        idle = [s for s in self._slots if not s.busy]
+        """The best idle worker in rotation for ``key`` (marked busy), or ``None``."""
+        idle = [s for s in self._slots if not s.busy and s.worker.restart_blocked_s() == 0]
         if not idle:
             return None
         for candidate in idle:
@@ -283,15 +367,38 @@ class Pool:
         if key is not None:
             self._counts["key_hits" if warm is not None else "key_misses"] += 1
         slot = warm if warm is not None else min(idle, key=lambda s: (len(s.keys), s.last_used))
-        if key is not None:
-            slot.keys[key] = None
-            slot.keys.move_to_end(key)
-            while len(slot.keys) > self.keys_per_worker:
-                slot.keys.popitem(last=False)
-                self._counts["key_evictions"] += 1
         slot.busy = True
         self._counts["leases"] += 1
         return slot
+
+    def _learn(self, slot: _Slot, key: Hashable | None) -> None:
+        """The leased worker now has ``key`` warm (most recently used); evict past the limit."""
+        if key is None:
+            return
+        slot.keys[key] = None
+        slot.keys.move_to_end(key)
+        while len(slot.keys) > self.keys_per_worker:
+            slot.keys.popitem(last=False)
+            self._counts["key_evictions"] += 1
+
+    def _unavailable(self) -> PoolUnavailable | None:
+        """``PoolUnavailable`` when no worker can run now and none is busy (so none will
+        come free): every one is out of rotation by its restart limit."""
+        if any(s.busy for s in self._slots):
+            return None
+        causes = [s.worker._restart_limit_error() for s in self._slots]
+        if any(c is None for c in causes):
+            return None
+        retry = min(s.worker.restart_blocked_s() for s in self._slots)
+        first = causes[0]
+        assert first is not None
+        cause = first.last_exit.cause.value if first.last_exit is not None else "unknown"
+        return PoolUnavailable(
+            f"no pool worker can run: all {self.size} are out of rotation after too many unplanned "
+            f"restarts; last_cause={cause} retry_after_s={retry:.1f}: fix the crash cause or wait",
+            causes=tuple(c for c in causes if isinstance(c, RestartLimitExceeded)),
+            retry_after_s=retry,
+        )
 
     def _release(self, slot: _Slot) -> None:
         slot.busy = False
@@ -300,10 +407,16 @@ class Pool:
             waiter = self._waiters[0]
             chosen = self._pick(waiter.key)
             if chosen is None:
-                return
+                break
             self._waiters.popleft()
             waiter.slot = chosen
             waiter.event.set()
+        unavailable = self._unavailable() if self._waiters else None
+        if unavailable is not None:  # nobody will come free: fail the queue now, not at its timeout
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.error = unavailable
+                waiter.event.set()
 
     # -- memory -------------------------------------------------------------------------------
     async def _measure(self) -> int:
@@ -352,21 +465,24 @@ class Pool:
     @asynccontextmanager
     async def map(
         self,
-        command: Any,
-        requests: Iterable[Any],
+        command: Call[ReqT, RespT],
+        requests: Iterable[ReqT],
         *,
         timeout: float | None = DEFAULT,
         concurrency: int | None = None,
-    ) -> AsyncIterator[MemoryObjectReceiveStream[Outcome[Any, Any]]]:
+    ) -> AsyncIterator[MemoryObjectReceiveStream[Outcome[ReqT, RespT]]]:
         """Run ``command`` (a ``Call``) for every request on the pool; yield outcomes as they finish.
 
         ``async with pool.map(CHECK, reqs) as outcomes: async for o in outcomes: ...``.
         Leaving the block early cancels what is still running.
         """
+        if not isinstance(command, Call):
+            raise TypeError(f"map() takes a Call declaration; got {command!r}")
+        check_timeout(timeout)
         items = iter(enumerate(requests))
-        send, receive = anyio.create_memory_object_stream[Outcome[Any, Any]](self.size * 2)
+        send, receive = anyio.create_memory_object_stream[Outcome[ReqT, RespT]](self.size * 2)
 
-        async def runner(out: MemoryObjectSendStream[Outcome[Any, Any]]) -> None:
+        async def runner(out: MemoryObjectSendStream[Outcome[ReqT, RespT]]) -> None:
             async with out:
                 for index, request in items:
                     outcome = await self._run_one(command, index, request, timeout)
@@ -380,11 +496,14 @@ class Pool:
                 yield receive
                 tg.cancel_scope.cancel()
 
-    async def _run_one(self, command: Any, index: int, request: Any, timeout: float | None) -> Outcome[Any, Any]:
+    async def _run_one(
+        self, command: Call[ReqT, RespT], index: int, request: ReqT, timeout: float | None
+    ) -> Outcome[ReqT, RespT]:
         started = time.perf_counter()
         worker, generation = -1, 0
         try:
-            async with self.lease(_first_key(command, request)) as lease:
+            key = _first_key(command, request)
+            async with self.lease(key) as lease:
                 worker, generation = lease.index, lease.generation
                 value = await lease.call(command, request, timeout=timeout)
         except WorkerError as exc:
@@ -401,7 +520,7 @@ class Pool:
             rss = stats.last_rss_bytes if stats.last_rss_bytes is not None else self._rss.get(slot.index)
             workers.append(WorkerSnapshot(
                 slot.index, slot.worker.generation, slot.busy, slot.worker.pid, list(slot.keys),
-                stats.requests, stats.imports, dict(stats.restarts), rss,
+                stats.requests, stats.imports, dict(stats.restarts), rss, slot.worker.restart_blocked_s(),
             ))
         readings = [w.rss_bytes for w in workers if w.rss_bytes is not None]
         c = self._counts
@@ -422,10 +541,7 @@ class Pool:
         )
 
 
-def _first_key(command: Any, request: Any) -> Hashable | None:
-    keys_of = getattr(command, "session_keys", None)
-    if keys_of is None:
-        return None
-    for key in keys_of(request):
-        return key  # type: ignore[no-any-return]
-    return None
+def _first_key(command: Call[Any, Any] | Stream[Any, Any, Any], request: Any) -> Hashable | None:
+    """The request's first session key: what a lease for it should find warm."""
+    keys = session_keys_of(command, request)
+    return keys[0] if keys else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lean_worker_protocol import VERSION
 from lean_worker_protocol.demo import (
     COUNT,
     ECHO,
@@ -17,7 +18,7 @@ from lean_worker_protocol.demo import (
 
 from . import RequestContext, WorkerApp
 
-app = WorkerApp("lean-worker-demo", version="0.1.0")
+app = WorkerApp("lean-worker-demo", version=VERSION)
 
 
 @app.handler(ECHO)

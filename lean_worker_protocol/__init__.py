@@ -4,6 +4,8 @@ Pure types and codec: imports neither the parent (``lean_worker``) nor the child
 (``lean_worker_child``), so both sides and downstream command modules can depend on it.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from ._codec import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER_SIZE,
@@ -38,7 +40,15 @@ from ._frames import (
     Welcome,
 )
 
+try:
+    VERSION: str = version("lean-worker")
+    """The installed lean-worker's version, from its package metadata (``pyproject.toml``):
+    the one version source for the parent, the first-party children and the CLI."""
+except PackageNotFoundError:  # run from a source tree that was never installed
+    VERSION = "0+unknown"
+
 __all__ = [
+    "VERSION",
     "BOOTSTRAP_ENV",
     "NIL",
     "Bootstrap",

@@ -12,10 +12,29 @@ from pathlib import Path
 import anyio
 import pytest
 
-from children.workload import EXIT, HOLD, SLEEP, Exit, Hold, Sleep
+from children.workload import (
+    EXIT,
+    HOLD,
+    KEYED_LOAD,
+    LOAD,
+    MAYBE_EXIT,
+    SLEEP,
+    STATUS,
+    Exit,
+    Hold,
+    Load,
+    MaybeExit,
+    Sleep,
+    StatusRequest,
+)
 from conftest import child_config
 from lean_worker import (
+    InvalidRequest,
     LeaseInvalidated,
+    ManualClock,
+    PoolUnavailable,
+    RestartPolicy,
+    WorkerError,
     Pool,
     PoolBudgetExceeded,
     PoolClosed,
@@ -238,3 +257,148 @@ async def test_a_lean_batch_with_crashing_and_hanging_items_returns_every_other_
     assert got["hang-deadline"].error.code == "lean.timeout"
     assert isinstance(got["hang-request"].error, RequestTimeout)
     assert snap.restarts.get("request_timeout") == 1  # only the request timeout replaced a worker
+
+
+# -- contracts on every path (issue 8) ---------------------------------------------------------
+
+
+async def trip(pool: Pool, index: int) -> None:
+    """Crash worker ``index``'s children until its restart limit takes it out of rotation."""
+    worker = pool._slots[index].worker
+    for _ in range(worker.policy.max_restarts + 1):
+        with pytest.raises(WorkerCrashed):
+            await worker.call(EXIT, Exit(3))
+    assert worker.restart_blocked_s() > 0
+
+
+async def test_a_tripped_worker_leaves_rotation_and_the_healthy_one_takes_the_whole_batch() -> None:
+    clock = ManualClock()
+    policy = RestartPolicy(max_restarts=1, restart_window_s=60)
+    async with Pool(workload(restart=policy), size=2, clock=clock) as pool:
+        with anyio.fail_after(60):
+            await trip(pool, 0)
+            snap = pool.snapshot()
+            assert snap.workers[0].restart_blocked_s == 60 and snap.workers[1].restart_blocked_s == 0
+            async with pool.map(SLEEP, [Sleep(0)] * 20) as outcomes:
+                got = [o async for o in outcomes]
+            assert [o.error for o in got] == [None] * 20
+            assert {o.worker for o in got} == {1}
+            # Once its window has passed, the tripped worker is back in rotation.
+            clock.advance(61)
+            assert pool.snapshot().workers[0].restart_blocked_s == 0
+            async with pool.lease() as first, pool.lease() as second:
+                assert {first.index, second.index} == {0, 1}
+                await first.call(SLEEP, Sleep(0))
+                await second.call(SLEEP, Sleep(0))
+
+
+async def test_when_every_worker_is_tripped_each_item_fails_at_once_naming_the_cause() -> None:
+    clock = ManualClock()
+    policy = RestartPolicy(max_restarts=1, restart_window_s=60)
+    async with Pool(workload(restart=policy), size=2, clock=clock) as pool:
+        with anyio.fail_after(60):
+            await trip(pool, 0)
+            await trip(pool, 1)
+            async with pool.map(SLEEP, [Sleep(0)] * 5) as outcomes:
+                got = [o async for o in outcomes]
+    assert len(got) == 5
+    for outcome in got:
+        error = outcome.error
+        assert isinstance(error, PoolUnavailable) and error.code == "pool.unavailable"
+        assert [c.code for c in error.causes] == ["worker.restart_limit"] * 2
+        assert all(c.last_exit is not None and c.last_exit.returncode == 3 for c in error.causes)
+        assert error.retry_after_s == 60
+        assert "worker.exit.nonzero" in str(error)
+    assert pool.snapshot().queue_timeouts == 0  # nobody waited for the queue timeout
+
+
+async def test_a_batch_with_many_crashing_items_keeps_every_healthy_result_under_the_default_policy() -> None:
+    # 40 crashing items over 2 workers: about 20 crashes each, more than max_restarts=16 in
+    # the 60 s window. Each child answers healthy items between crashes, so neither worker
+    # is in a crash loop, and no healthy item may lose its result.
+    requests = [MaybeExit(3 if i % 2 == 0 else None) for i in range(80)]
+    async with Pool(workload(), size=2) as pool:
+        with anyio.fail_after(120):
+            async with pool.map(MAYBE_EXIT, requests) as outcomes:
+                got = {o.index: o async for o in outcomes}
+        snap = pool.snapshot()
+    assert sorted(got) == list(range(80))
+    assert all(isinstance(got[i].error, WorkerCrashed) for i in range(0, 80, 2))
+    assert [got[i].error for i in range(1, 80, 2)] == [None] * 40
+    assert snap.restarts == {"crash": 40}
+
+
+async def test_planned_restarts_wait_until_the_lease_ends() -> None:
+    async with Pool(workload(restart=RestartPolicy(max_requests=1)), size=1) as pool:
+        with anyio.fail_after(30):
+            async with pool.lease() as lease:
+                first = await lease.call(STATUS, StatusRequest())
+                second = await lease.call(STATUS, StatusRequest())
+                assert lease.valid
+            assert (first.pid, first.generation) == (second.pid, second.generation)
+            assert second.requests == 2
+            async with pool.lease() as lease:  # the next lease starts on a fresh child
+                third = await lease.call(STATUS, StatusRequest())
+            assert third.generation == first.generation + 1
+        assert pool.snapshot().restarts == {"max_requests": 1}
+
+
+async def test_max_imports_waits_until_the_lease_ends_and_then_cycles_the_worker() -> None:
+    async with Pool(workload(restart=RestartPolicy(max_imports=1)), size=1) as pool:
+        with anyio.fail_after(30):
+            async with pool.lease() as lease:
+                await lease.call(LOAD, Load("a"))
+                await lease.call(LOAD, Load("b"))  # over max_imports: deferred, same child
+                status = await lease.call(STATUS, StatusRequest())
+            assert (status.generation, status.loads) == (1, 2)
+            assert await pool.call(LOAD, Load("c")) >= 0
+        assert pool.snapshot().restarts == {"max_imports": 1}
+
+
+async def test_a_leased_worker_is_never_retired_for_idleness() -> None:
+    clock = ManualClock()
+    async with Pool(workload(restart=RestartPolicy(idle_restart_s=1.0)), size=1, clock=clock) as pool:
+        with anyio.fail_after(30):
+            async with pool.lease() as lease:
+                before = await lease.call(STATUS, StatusRequest())
+                clock.advance(10)  # the holder pauses far longer than idle_restart_s
+                await anyio.wait_all_tasks_blocked()
+                after = await lease.call(STATUS, StatusRequest())
+                assert lease.valid and (after.pid, after.generation) == (before.pid, before.generation)
+            # Released and idle: now the monitor retires it.
+            clock.advance(10)
+            await anyio.wait_all_tasks_blocked()
+            while pool.snapshot().workers[0].pid is not None:
+                await anyio.sleep(0.01)  # the child's exit is real: wait for its reaping
+        assert pool.snapshot().restarts == {"idle": 1}
+
+
+class Opaque:
+    """Nothing msgspec can encode."""
+
+
+async def test_one_item_that_cannot_be_encoded_fails_alone_with_a_typed_error() -> None:
+    requests = [Sleep(0), Sleep(Opaque()), Sleep("soon"), Sleep(0)]  # type: ignore[arg-type]
+    async with Pool(workload(), size=2) as pool:
+        with anyio.fail_after(30):
+            async with pool.map(SLEEP, requests) as outcomes:
+                got = {o.index: o async for o in outcomes}
+            keyed = [Load("a"), Sleep(0)]  # the second has no `name` for session_keys
+            async with pool.map(KEYED_LOAD, keyed) as outcomes:  # type: ignore[arg-type]
+                by_keys = {o.index: o async for o in outcomes}
+        snap = pool.snapshot()
+    assert got[0].error is None and got[3].error is None
+    assert isinstance(got[1].error, InvalidRequest) and isinstance(got[2].error, InvalidRequest)
+    assert got[1].error.code == "worker.invalid_request"
+    assert by_keys[0].error is None
+    assert isinstance(by_keys[1].error, InvalidRequest) and "session_keys" in str(by_keys[1].error)
+    assert snap.restarts == {}  # nothing reached a child
+
+
+async def test_every_failure_of_a_batch_is_a_worker_error() -> None:
+    async with Pool(workload(), size=1) as pool:
+        with anyio.fail_after(30):
+            async with pool.map(SLEEP, [Sleep(0), object(), Sleep(0)]) as outcomes:  # type: ignore[list-item]
+                got = {o.index: o async for o in outcomes}
+    assert got[0].error is None and got[2].error is None
+    assert isinstance(got[1].error, WorkerError)

@@ -30,6 +30,7 @@ from children.workload import (
 from conftest import child_config
 from lean_worker import (
     ExitCause,
+    ManualClock,
     MemoryLimitExceeded,
     RemoteError,
     RequestTimeout,
@@ -210,24 +211,27 @@ async def test_rss_hard_limit_kills_the_request_that_allocates_past_it_and_the_n
 
 async def test_an_idle_child_is_retired_by_the_monitor_and_the_next_request_runs_on_a_new_generation() -> None:
     idle = 0.5
-    async with Worker(workload(RestartPolicy(idle_restart_s=idle))) as worker:
+    clock = ManualClock()
+    async with Worker(workload(RestartPolicy(idle_restart_s=idle)), clock=clock) as worker:
         pid = worker.pid
         # A child that has served nothing is as fresh as a replacement: it is not retired.
-        await anyio.sleep(idle * 2)
+        clock.advance(idle * 2)
+        await anyio.wait_all_tasks_blocked()
         assert worker.pid == pid and worker.stats().restarts == {}
 
         with anyio.fail_after(30):
             for _ in range(3):  # back to back: never idle for long
                 assert (await status(worker)).generation == 1
-            last_request_done = time.monotonic()
-            assert worker.pid == pid
+            clock.advance(idle * 0.9)  # not yet idle long enough
+            await anyio.wait_all_tasks_blocked()
+            assert worker.pid == pid and worker.stats().restarts == {}
 
             # Retired in the background, no request needed. ``pid`` clears when the child is
             # reaped; the exit is recorded (stats, last_exit) once its stderr is drained,
             # up to half a second later, so wait for both.
+            clock.advance(idle / 4)  # past the limit and past the monitor's next step (idle / 4)
             while worker.pid is not None or worker.stats().last_exit is None:
                 await anyio.sleep(0.01)
-        assert time.monotonic() - last_request_done >= idle * 0.9
         stats = worker.stats()
         assert stats.restarts == {"idle": 1}
         assert stats.last_exit is not None and stats.last_exit.cause == ExitCause.SHUTDOWN
@@ -322,16 +326,18 @@ async def test_the_restart_limit_stops_a_crash_loop_after_max_restarts_in_the_wi
 
 
 async def test_the_restart_limit_admits_work_again_once_the_window_has_passed() -> None:
-    window = 1.0
-    async with Worker(workload(RestartPolicy(max_restarts=1, restart_window_s=window))) as worker:
+    clock = ManualClock()
+    async with Worker(workload(RestartPolicy(max_restarts=1, restart_window_s=1.0)), clock=clock) as worker:
         with anyio.fail_after(30):
             for _ in range(2):
                 with pytest.raises(WorkerCrashed):
                     await worker.call(EXIT, Exit(code=3))
-            last_crash = time.monotonic()
             with pytest.raises(RestartLimitExceeded):
                 await status(worker)
-            await anyio.sleep(window - (time.monotonic() - last_crash) + 0.1)
+            clock.advance(0.9)
+            with pytest.raises(RestartLimitExceeded):  # still inside the window
+                await status(worker)
+            clock.advance(0.2)
             assert (await status(worker)).generation == 3
 
 
@@ -345,11 +351,34 @@ async def test_planned_restarts_do_not_count_toward_the_restart_limit() -> None:
             assert worker.stats().restarts == {"max_requests": 4, "explicit": 1}
             # One unplanned restart is within the limit despite five planned ones.
             with pytest.raises(WorkerCrashed):
-                await worker.call(EXIT, Exit(code=1))
-            assert (await status(worker)).generation == 7
+                await worker.call(EXIT, Exit(code=1))  # generation 6
             with pytest.raises(WorkerCrashed):
-                await worker.call(EXIT, Exit(code=1))
+                await worker.call(EXIT, Exit(code=1))  # generation 7: the one replacement allowed
             with pytest.raises(RestartLimitExceeded):
                 await status(worker)
-        # Generation 7 had served its one request, so the second crash request ran on 8.
-        assert worker.stats().restarts == {"max_requests": 5, "explicit": 1, "crash": 2}
+        assert worker.stats().restarts == {"max_requests": 4, "explicit": 1, "crash": 2}
+
+
+async def test_an_answered_request_between_crashes_ends_the_crash_loop_count() -> None:
+    # The limit stops children that die with no answer in between (a crash loop), not a
+    # child that keeps serving while some requests crash it (a batch with poison items).
+    clock = ManualClock()
+    policy = RestartPolicy(max_restarts=1, restart_window_s=60)
+    async with Worker(workload(policy), clock=clock) as worker:
+        with anyio.fail_after(30):
+            for _ in range(5):
+                with pytest.raises(WorkerCrashed):
+                    await worker.call(EXIT, Exit(code=1))
+                assert worker.restart_blocked_s() == 0
+                await status(worker)  # the replacement answers: the count starts again
+            with pytest.raises(WorkerCrashed):
+                await worker.call(EXIT, Exit(code=1))
+            with pytest.raises(WorkerCrashed):
+                await worker.call(EXIT, Exit(code=1))
+            assert worker.restart_blocked_s() == 60
+            with pytest.raises(RestartLimitExceeded):
+                await status(worker)
+            clock.advance(60.5)  # the window moves on: the worker may start a child again
+            assert worker.restart_blocked_s() == 0
+            assert (await status(worker)).generation == 8
+        assert worker.stats().restarts == {"crash": 7}

@@ -90,6 +90,11 @@ class Exit(msgspec.Struct, frozen=True):
     code: int
 
 
+class MaybeExit(msgspec.Struct, frozen=True):
+    code: int | None = None
+    """Exit with this status; ``None``: answer 0 (a healthy item of a batch)."""
+
+
 class StatusRequest(msgspec.Struct, frozen=True):
     pass
 
@@ -126,6 +131,8 @@ FAIL = Call("fail", request=Fail, response=int)
 """Raise ``ValueError(message)``."""
 EXIT = Call("exit", request=Exit, response=int)
 """End the process at once with ``os._exit(code)`` (a crash from the parent's view)."""
+MAYBE_EXIT = Call("maybe_exit", request=MaybeExit, response=int)
+"""``EXIT`` for an item with a ``code``, an answer of 0 for one without: a batch of both."""
 STATUS = Call("status", request=StatusRequest, response=Status)
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -285,6 +292,14 @@ def exit_now(request: Exit, ctx: RequestContext) -> int:
     sys.stderr.write(f"workload: exiting with status {request.code}\n")
     sys.stderr.flush()
     os._exit(request.code)
+
+
+@app.handler(MAYBE_EXIT)
+def maybe_exit(request: MaybeExit, ctx: RequestContext) -> int:
+    if request.code is None:
+        _count_request()
+        return 0
+    return exit_now(Exit(request.code), ctx)
 
 
 @app.handler(STATUS)
