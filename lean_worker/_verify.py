@@ -1,40 +1,71 @@
-"""``lean-worker verify``: check a batch of Lean snippets through a pool of Lean workers.
+"""Check a batch of Lean snippets through a pool of Lean workers: the engine behind
+``lean_worker.verify`` (the Python API) and ``lean-worker verify`` (the command line).
 
-    lean-worker verify SNIPPETS [--workers N] [--timeout S] [--output FILE] ...
-    lean-worker verify --fixtures
+    async with verify_snippets("snippets/", VerifyOptions(workers=4)) as run:
+        async for result in run:          # a VerifyResult per snippet, as each finishes
+            ...
+    run.summary                           # a VerifySummary
 
-``SNIPPETS`` is a directory (every ``*.lean`` below it; the id is the relative path) or a
-JSONL file of ``{"id": ..., "code": ...}`` lines. Results stream as JSON lines, one per
-snippet as it finishes, to ``--output`` (default: stdout): ``id``, ``verdict`` (``ok``,
-``errors``, ``sorry``, or ``failed`` when the snippet got no result), ``messages``,
-``sorries``, ``time_ms``, ``session``, ``worker``, ``generation`` and, for a failed one,
-``error`` (``code``, ``message`` and the facts). A progress line with rate and ETA goes to
-stderr on a terminal; a summary table ends the run (stderr when results go to stdout).
+- **Input.** A directory (every ``*.lean`` below it, sorted; the id is the relative path),
+  a JSONL file of ``{"id": ..., "code": ...}`` lines, or ``Snippet``s. Files are read as
+  UTF-8, a leading byte order mark is dropped, an undecodable byte becomes U+FFFD. A JSONL
+  line that is not an object with a string ``code`` (and an ``id`` that is a string or an
+  integer, when it has one) becomes a ``failed`` result with ``verify.bad_item`` and keeps
+  its ``id`` when it has a readable one, else ``line-<n>``; blank lines are skipped. The
+  input is read, in a worker thread, before any child starts: an unreadable input raises
+  ``VerifyInputError`` and nothing runs.
+- **Positions.** Every result has ``index``, its item's 0-based position in the input (the
+  directory listing, or the non-blank JSONL lines), and for JSONL ``line``, the 1-based line
+  number. Results are matched to items by position, never by id, so duplicate ids are
+  fine: a result whose id an earlier item already has carries ``duplicate_of``, the index
+  of the first item with that id.
+- **Header parsing.** Each snippet's session key (its header, see
+  ``lean_worker_protocol.lean``) is computed once, in the same worker thread that reads the
+  input, and handed to the pool through a ``CHECK`` declaration whose ``session_keys``
+  looks it up (``_KeyedCheck``): the parent's event loop parses no header, and no header
+  twice. With ``engine="cold"`` no key is computed: a cold check keeps no session.
+- **Order of work.** Read the input; build the bundled fixtures if asked (a Lean worker
+  builds them for its own toolchain: the parent runs no Lean); start the pool; ask one
+  worker for its toolchain (``ToolchainNotFound`` is raised once, instead of failing every
+  snippet); then the bad items' results, then one result per snippet as it finishes. A
+  snippet that fails (a crash, a timeout) is a ``failed`` result and the batch goes on.
+- **Leaving early.** Leaving the block (a ``break``, an exception, a cancellation) cancels
+  the snippets still running, closes the pool and its Lean processes; ``run.summary`` then
+  counts what finished (``complete`` is false).
 
-Exit status: 0 when the run completed (whatever the verdicts); with ``--strict``, 1 when
-any snippet is not ``ok``; 2 for bad arguments, input that cannot be read, or no Lean
-toolchain (checked once before the batch).
+The command line (``run_command``) writes each result's JSON (``VerifyResult.to_json``) as
+a line, draws a progress line on a terminal, prints the summary, and on SIGINT stops, prints
+the summary of what finished and exits 130. Its arguments are declared and checked in
+``cli.py``, before anything is read, built or spawned.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import anyio
 import msgspec
 import orjson
+from anyio.from_thread import start_blocking_portal
+from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._config import RestartPolicy
+from lean_worker_protocol import Call
+from lean_worker_protocol import lean as _protocol
+
+from ._config import RestartPolicy, WorkerConfig
 from ._errors import RemoteError, WorkerError
-from ._pool import Outcome, Pool
+from ._pool import Outcome, Pool, PoolSnapshot
 from ._worker import Worker
 from .lean import (
     CHECK,
@@ -44,93 +75,600 @@ from .lean import (
     CheckResult,
     FixturesReport,
     FixturesRequest,
+    Message,
+    Pos,
     ToolchainNotFound,
     ToolchainQuery,
     lean_config,
 )
 
 MIB = 1024 * 1024
+FIXTURES_TIMEOUT_S = 600.0
+"""Bound on building the bundled fixtures (a few seconds; the heavy header about 30 s)."""
+
+Verdict = Literal["ok", "errors", "sorry", "failed"]
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class VerifyError(WorkerError):
+    """A batch that cannot start: the options, the input or the fixtures are wrong."""
+
+    code = "verify.error"
+
+
+class VerifyOptionError(VerifyError, ValueError):
+    """An option out of range (``option``, ``value``)."""
+
+    code = "verify.bad_option"
+
+    def __init__(self, option: str, value: object, expected: str) -> None:
+        self.option = option
+        self.value = value
+        super().__init__(f"verify option {option} must be {expected}; option={option} value={value!r}")
+
+
+class VerifyInputError(VerifyError):
+    """The snippets cannot be read (``path``, or ``index`` of a bad ``Snippet``)."""
+
+    code = "verify.bad_input"
+
+    def __init__(self, message: str, *, path: str | None = None, index: int | None = None) -> None:
+        self.path = path
+        self.index = index
+        super().__init__(message)
+
+
+class FixturesUnavailable(VerifyError):
+    """A Lean worker could not build the bundled fixtures (``cause_code``: its error's code)."""
+
+    code = "verify.fixtures_failed"
+
+    def __init__(self, cause: WorkerError) -> None:
+        self.cause_code = _error_code(cause)
+        text = cause.remote_message if isinstance(cause, RemoteError) else str(cause)
+        super().__init__(f"cannot build the fixtures; cause={self.cause_code}: {_first_line(text)}")
+
+
+# -- public types ------------------------------------------------------------------------------
+
+
+class Snippet(msgspec.Struct, frozen=True):
+    """One snippet to check."""
+
+    id: str
+    code: str
+
+
+class ResultError(msgspec.Struct, frozen=True):
+    """Why a snippet has no Lean result: a stable ``code`` (``lean.crashed``, ``lean.timeout``,
+    ``worker.request_timeout``, ``verify.bad_item``...), the first line of the message, and the
+    facts the child attached (for a crash: ``cause``, ``returncode``, ``detail``)."""
+
+    code: str
+    message: str
+    facts: dict[str, Any] = {}
+
+
+class VerifyResult(msgspec.Struct, frozen=True):
+    """The result of one snippet."""
+
+    id: str
+    index: int
+    """0-based position of the item in the input."""
+    verdict: Verdict
+    """``ok``, ``errors``, ``sorry`` (see ``CheckResult.verdict``), or ``failed``: no result."""
+    messages: list[Message]
+    sorries: list[Pos]
+    time_ms: float
+    """Lean's time for a result; for a failed one, the time until it failed."""
+    worker: int
+    """Index of the pool worker that ran it; -1 if none did (a bad item)."""
+    generation: int
+    line: int | None = None
+    """1-based line number, for a JSONL input."""
+    duplicate_of: int | None = None
+    """The index of the first item with the same id, when this is not the first."""
+    session: Literal["warm", "import", "cold"] | None = None
+    limit: Literal["heartbeats", "memory"] | None = None
+    error: ResultError | None = None
+
+    def to_builtins(self) -> dict[str, Any]:
+        """The JSON object ``lean-worker verify`` writes: fields that are ``None`` are left
+        out, and the error's facts sit beside its ``code`` and ``message``."""
+        record: dict[str, Any] = {"id": self.id, "index": self.index}
+        if self.line is not None:
+            record["line"] = self.line
+        if self.duplicate_of is not None:
+            record["duplicate_of"] = self.duplicate_of
+        record.update(
+            verdict=self.verdict,
+            messages=msgspec.to_builtins(self.messages),
+            sorries=msgspec.to_builtins(self.sorries),
+            time_ms=self.time_ms,
+            worker=self.worker,
+            generation=self.generation,
+        )
+        if self.session is not None:
+            record["session"] = self.session
+        if self.limit is not None:
+            record["limit"] = self.limit
+        if self.error is not None:
+            facts = {k: v for k, v in self.error.facts.items() if k not in ("code", "message")}
+            record["error"] = {"code": self.error.code, "message": self.error.message, **facts}
+        return record
+
+    def to_json(self) -> str:
+        """One line of JSON (no newline)."""
+        return orjson.dumps(self.to_builtins()).decode()
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> VerifyResult:
+        """Read back a line that ``to_json`` wrote."""
+        data = orjson.loads(line)
+        error = data.pop("error", None)
+        if error is not None:
+            code, message = error.pop("code"), error.pop("message")
+            data["error"] = {"code": code, "message": message, "facts": error}
+        return msgspec.convert(data, cls)
+
+
+class VerifySummary(msgspec.Struct, frozen=True):
+    """What a batch did; ``render()`` is the table ``lean-worker verify`` prints."""
+
+    snippets: int
+    """Items in the input."""
+    done: int
+    """Results delivered (all of them unless the batch was left early)."""
+    verdicts: dict[str, int]
+    errors: dict[str, int]
+    """Failed results per error code."""
+    imports: int
+    restarts: dict[str, int]
+    workers: int
+    elapsed_s: float
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.snippets
+
+    def render(self) -> str:
+        rows = [("snippets", str(self.snippets))]
+        if not self.complete:
+            rows.append(("interrupted", f"after {self.done} of {self.snippets} snippets"))
+        rows += [(f"  {v}", str(self.verdicts[v])) for v in ("ok", "errors", "sorry", "failed") if self.verdicts.get(v)]
+        rows += [(f"  failed: {code}", str(n)) for code, n in sorted(self.errors.items())]
+        rows.append(("imports", str(self.imports)))
+        rows.append(("restarts", ", ".join(f"{k}={v}" for k, v in sorted(self.restarts.items())) or "0"))
+        rows.append(("workers", str(self.workers)))
+        rows.append(("elapsed", f"{self.elapsed_s:.2f} s"))
+        rate = f"{self.done / self.elapsed_s:.1f} snippets/s" if self.elapsed_s > 0 else "-"
+        rows.append(("throughput", rate))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _at_least_one(option: str, value: int | None, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise VerifyOptionError(option, value, "an integer >= 1" + (" or None" if optional else ""))
 
 
 @dataclass(frozen=True)
-class Item:
+class VerifyOptions:
+    """How to run a batch. Every value is checked here (``VerifyOptionError``)."""
+
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Pool size (at most one worker per snippet is started)."""
+    timeout_s: float = 60.0
+    """Each snippet's own deadline, enforced in the child: past it only that snippet's Lean
+    process is killed (``lean.timeout``). The request timeout is 30 s above it."""
+    lean: str | os.PathLike[str] | None = None
+    project: str | os.PathLike[str] | None = None
+    search_path: Sequence[str | os.PathLike[str]] = ()
+    """Directories of ``.olean`` files; each must exist."""
+    fixtures: bool = False
+    """Put the bundled library on the search path (a Lean worker builds it once for its
+    toolchain); with no input, check the bundled snippets."""
+    engine: Literal["warm", "cold"] = "warm"
+    max_sessions: int = 8
+    """Warm headers kept per worker."""
+    max_imports: int | None = None
+    max_requests: int | None = None
+    rss_ceiling_bytes: int | None = None
+    lean_memory_mb: int | None = None
+    """Lean's own memory limit per Lean process (``lean -M``)."""
+
+    def __post_init__(self) -> None:
+        _at_least_one("workers", self.workers, optional=False)
+        _at_least_one("max_sessions", self.max_sessions, optional=False)
+        for name in ("max_imports", "max_requests", "rss_ceiling_bytes", "lean_memory_mb"):
+            _at_least_one(name, getattr(self, name))
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int | float) or not (
+            math.isfinite(self.timeout_s) and self.timeout_s > 0
+        ):
+            raise VerifyOptionError("timeout_s", self.timeout_s, "a finite number of seconds > 0")
+        if self.engine not in ("warm", "cold"):
+            raise VerifyOptionError("engine", self.engine, "'warm' or 'cold'")
+        if isinstance(self.search_path, str | os.PathLike):
+            raise VerifyOptionError("search_path", self.search_path, "a sequence of directories, not one path")
+        for path in self.search_path:
+            if not Path(path).is_dir():
+                raise VerifyOptionError("search_path", os.fspath(path), "a sequence of existing directories")
+
+    def worker_config(self, extra_search_path: Sequence[str] = ()) -> WorkerConfig:
+        """The config of each pool worker."""
+        return lean_config(
+            lean=self.lean,
+            project=self.project,
+            search_path=[*map(os.fspath, self.search_path), *extra_search_path],
+            engine=self.engine,
+            max_sessions=self.max_sessions,
+            lean_args=["-M", str(self.lean_memory_mb)] if self.lean_memory_mb else [],
+            restart=RestartPolicy(
+                max_imports=self.max_imports,
+                max_requests=self.max_requests,
+                rss_ceiling_bytes=self.rss_ceiling_bytes,
+            ),
+            request_timeout_s=self.timeout_s + 30.0,  # the child's own deadline fires first
+        )
+
+
+# -- reading the input -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    index: int
     id: str
     code: str | None
+    line: int | None = None
     problem: str | None = None
     """Why this item cannot be checked (a bad JSONL line); it becomes a failed result."""
+    duplicate_of: int | None = None
+    keys: tuple[Hashable, ...] = ()
+    """The session keys of its check, computed once (see ``_KeyedCheck``)."""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("snippets", nargs="?", help="a directory of .lean files, or a JSONL file of {id, code}")
-    parser.add_argument("--fixtures", action="store_true",
-                        help="check the bundled prelude snippets (lean/snippets) against the bundled library")
-    parser.add_argument("-o", "--output", default="-", help="where JSONL results go (default: stdout)")
-    parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1, help="pool size (default: CPU count)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds per snippet; past it that snippet's Lean process is killed (default 60)")
-    parser.add_argument("--lean", help="the lean executable (default: $LEAN_WORKER_LEAN, lake env, PATH, test toolchain)")
-    parser.add_argument("--project", help="a Lake project directory (default: the working directory)")
-    parser.add_argument("--search-path", action="append", default=[], help="a directory of .olean files (repeatable)")
-    parser.add_argument("--max-imports", type=int, help="replace a worker before its next fresh import after this many")
-    parser.add_argument("--max-requests", type=int, help="replace a worker after this many checks")
-    parser.add_argument("--rss-ceiling-mb", type=int, help="replace a worker whose process tree is over this (MiB)")
-    parser.add_argument("--lean-memory-mb", type=int, help="Lean's own memory limit per Lean process (lean -M)")
-    parser.add_argument("--max-sessions", type=int, default=8, help="warm headers kept per worker (default 8)")
-    parser.add_argument("--engine", choices=("warm", "cold"), default="warm")
-    parser.add_argument("--strict", action="store_true", help="exit 1 if any snippet is not ok")
-    parser.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
+def _read_source(source: Path) -> list[tuple[str, str | None, int | None, str | None]]:
+    """``(id, code, line, problem)`` per item of a directory or a JSONL file."""
+    if not source.exists():
+        raise VerifyInputError(f"cannot read the snippets; path={source} does not exist", path=str(source))
+    try:
+        if source.is_dir():
+            files = sorted(p for p in source.rglob("*.lean") if p.is_file())
+            return [
+                (p.relative_to(source).as_posix(), p.read_text(encoding="utf-8-sig", errors="replace"), None, None)
+                for p in files
+            ]
+        items: list[tuple[str, str | None, int | None, str | None]] = []
+        with source.open(encoding="utf-8-sig", errors="replace") as fh:
+            for number, text in enumerate(fh, 1):
+                if text.strip():
+                    items.append(_parse_line(number, text))
+        return items
+    except OSError as exc:
+        raise VerifyInputError(f"cannot read the snippets; path={source} error={exc.strerror or exc}",
+                               path=str(source)) from None
 
 
-def read_items(source: Path) -> list[Item]:
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*.lean") if p.is_file())
-        return [Item(p.relative_to(source).as_posix(), p.read_text(encoding="utf-8", errors="replace")) for p in files]
+def _parse_line(number: int, text: str) -> tuple[str, str | None, int | None, str | None]:
+    fallback = f"line-{number}"
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return fallback, None, number, f"line {number} is not JSON: {exc}"
+    if not isinstance(data, dict):
+        return fallback, None, number, f"line {number} is not a JSON object"
+    raw_id = data.get("id")
+    if raw_id is None:
+        item_id = fallback
+    elif isinstance(raw_id, str):
+        item_id = raw_id
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        item_id = str(raw_id)
+    else:
+        return fallback, None, number, f"line {number}: `id` is not a string or an integer"
+    code = data.get("code")
+    if not isinstance(code, str):
+        what = "has no `code`" if code is None else "has a `code` that is not a string"
+        return item_id, None, number, f"line {number} {what}"
+    return item_id, code, number, None
+
+
+def _snippet_rows(snippets: Iterable[Snippet | tuple[str, str]]) -> list[tuple[str, str | None, int | None, str | None]]:
+    rows: list[tuple[str, str | None, int | None, str | None]] = []
+    for index, snippet in enumerate(snippets):
+        if isinstance(snippet, Snippet):
+            item_id, code = snippet.id, snippet.code
+        elif isinstance(snippet, tuple) and len(snippet) == 2:
+            item_id, code = snippet
+        else:
+            raise VerifyInputError(f"snippet {index} is not a Snippet or an (id, code) pair; index={index}", index=index)
+        if not isinstance(item_id, str) or not isinstance(code, str):
+            raise VerifyInputError(f"snippet {index}: id and code must be strings; index={index}", index=index)
+        rows.append((item_id, code, None, None))
+    return rows
+
+
+def _items(rows: list[tuple[str, str | None, int | None, str | None]], keyed: bool) -> list[_Item]:
+    """Number the items, mark duplicate ids, and compute each check's session key once."""
+    first: dict[str, int] = {}
     items = []
-    with source.open(encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                data = orjson.loads(line)
-                code = data["code"]
-                if not isinstance(code, str):
-                    raise TypeError("code is not a string")
-                items.append(Item(str(data.get("id", f"line-{number}")), code))
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                items.append(Item(f"line-{number}", None, f"line {number} is not a JSON object with a string `code`: {exc}"))
+    for index, (item_id, code, line, problem) in enumerate(rows):
+        duplicate_of = first.setdefault(item_id, index)
+        keys: tuple[Hashable, ...] = ()
+        if keyed and code is not None:
+            key = _protocol.session_key(code)
+            keys = () if key is None else (key,)
+        items.append(_Item(index, item_id, code, line, problem, None if duplicate_of == index else duplicate_of, keys))
     return items
 
 
-def _result_record(outcome: Outcome[Any, Any], item: Item) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": item.id, "worker": outcome.worker, "generation": outcome.generation}
-    value: CheckResult | None = outcome.value
-    if value is not None:
-        record.update(
-            verdict=value.verdict,
-            messages=msgspec.to_builtins(value.messages),
-            sorries=msgspec.to_builtins(value.sorries),
-            time_ms=round(value.elapsed_ms, 2),
-            session=value.session,
-        )
-        if value.limit:
-            record["limit"] = value.limit
-        return record
-    error = outcome.error
-    assert error is not None
-    text = error.remote_message if isinstance(error, RemoteError) else str(error)
-    info: dict[str, Any] = {"code": _error_code(error), "message": text.splitlines()[0][:500] if text else ""}
-    if isinstance(error, RemoteError):
-        info.update({k: v for k, v in error.facts.items() if v is not None})
-    record.update(verdict="failed", messages=[], sorries=[], time_ms=round(outcome.elapsed_s * 1e3, 2), error=info)
-    return record
+def _load(source: str | os.PathLike[str] | Iterable[Snippet | tuple[str, str]], keyed: bool) -> list[_Item]:
+    if isinstance(source, str | os.PathLike):
+        rows = _read_source(Path(source))
+    else:
+        rows = _snippet_rows(source)
+    return _items(rows, keyed)
+
+
+# -- running a batch ---------------------------------------------------------------------------
+
+
+class _KeyedCheck(Call[CheckRequest, CheckResult]):
+    """``CHECK`` with the session keys computed ahead of time, looked up per request.
+
+    ``Pool.map`` and ``Worker.call`` each ask the command for a request's session keys; for
+    ``CHECK`` that parses the header, twice per snippet, on the event loop. This declaration
+    is the same command (same name and fingerprint: ``session_keys`` is not part of it) and
+    answers from a table instead. Until the pool takes keys per request, this is how verify
+    keeps the parse to one per snippet, off the loop."""
+
+    def __init__(self, keys: dict[int, tuple[Hashable, ...]]) -> None:
+        self._keys = keys  # id(request) -> keys; the requests outlive the batch
+        super().__init__(CHECK.name, request=CheckRequest, response=CheckResult, session_keys=self._lookup)
+
+    def _lookup(self, request: CheckRequest) -> tuple[Hashable, ...]:
+        keys = self._keys.get(id(request))
+        return tuple(CHECK.session_keys(request)) if keys is None else keys  # type: ignore[misc]
+
+
+def _first_line(text: str, limit: int = 500) -> str:
+    return text.splitlines()[0][:limit] if text else ""
 
 
 def _error_code(error: WorkerError) -> str:
     return error.remote_code if isinstance(error, RemoteError) else error.code
 
 
+def _result(item: _Item, outcome: Outcome[CheckRequest, CheckResult]) -> VerifyResult:
+    common: dict[str, Any] = dict(
+        id=item.id, index=item.index, line=item.line, duplicate_of=item.duplicate_of,
+        worker=outcome.worker, generation=outcome.generation,
+    )
+    value = outcome.value
+    if value is not None:
+        return VerifyResult(
+            verdict=value.verdict, messages=value.messages, sorries=value.sorries,
+            time_ms=round(value.elapsed_ms, 2), session=value.session, limit=value.limit, **common,
+        )
+    error = outcome.error
+    assert error is not None
+    text = error.remote_message if isinstance(error, RemoteError) else str(error)
+    facts = {k: v for k, v in error.facts.items() if v is not None} if isinstance(error, RemoteError) else {}
+    return VerifyResult(
+        verdict="failed", messages=[], sorries=[], time_ms=round(outcome.elapsed_s * 1e3, 2),
+        error=ResultError(_error_code(error), _first_line(text), facts), **common,
+    )
+
+
+def _bad_item_result(item: _Item) -> VerifyResult:
+    return VerifyResult(
+        id=item.id, index=item.index, line=item.line, duplicate_of=item.duplicate_of, verdict="failed",
+        messages=[], sorries=[], time_ms=0.0, worker=-1, generation=0,
+        error=ResultError("verify.bad_item", item.problem or ""),
+    )
+
+
+class VerifyRun:
+    """The results of a running batch: ``async for result in run``, then ``run.summary``."""
+
+    def __init__(self, items: list[_Item], max_workers: int) -> None:
+        self._items = items
+        self._pending = deque(_bad_item_result(i) for i in items if i.problem is not None)
+        self._checkable = [i for i in items if i.problem is None]
+        self.workers = min(max_workers, max(1, len(self._checkable)))
+        """Pool size: at most one worker per snippet to check."""
+        self._outcomes: MemoryObjectReceiveStream[Outcome[Any, Any]] | None = None
+        self._pool: Pool | None = None
+        self._snapshot: PoolSnapshot | None = None
+        self._started = time.monotonic()
+        self._ended: float | None = None
+        self._verdicts: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        """Items in the input."""
+        return len(self._items)
+
+    @property
+    def done(self) -> int:
+        """Results delivered so far."""
+        return sum(self._verdicts.values())
+
+    @property
+    def failed(self) -> int:
+        """Results delivered so far with verdict ``failed``."""
+        return self._verdicts["failed"]
+
+    def __aiter__(self) -> VerifyRun:
+        return self
+
+    async def __anext__(self) -> VerifyResult:
+        if self._pending:
+            return self._count(self._pending.popleft())
+        if self._outcomes is None:
+            raise StopAsyncIteration
+        try:
+            outcome = await self._outcomes.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._finish()
+            raise StopAsyncIteration from None
+        return self._count(_result(self._checkable[outcome.index], outcome))
+
+    def _count(self, result: VerifyResult) -> VerifyResult:
+        self._verdicts[result.verdict] += 1
+        if result.error is not None:
+            self._errors[result.error.code] += 1
+        return result
+
+    def _finish(self) -> None:
+        if self._pool is not None and self._ended is None:
+            self._snapshot = self._pool.snapshot()
+        if self._ended is None:
+            self._ended = time.monotonic()
+        self._outcomes = None
+
+    @property
+    def summary(self) -> VerifySummary:
+        """What finished so far (all of it once the iteration ended)."""
+        snap = self._snapshot if self._snapshot is not None else (self._pool.snapshot() if self._pool else None)
+        ended = self._ended if self._ended is not None else time.monotonic()
+        return VerifySummary(
+            snippets=self.total,
+            done=self.done,
+            verdicts=dict(self._verdicts),
+            errors=dict(self._errors),
+            imports=sum(w.imports for w in snap.workers) if snap else 0,
+            restarts=dict(snap.restarts) if snap else {},
+            workers=self.workers,
+            elapsed_s=ended - self._started,
+        )
+
+
+async def build_fixtures(
+    *, lean: str | os.PathLike[str] | None = None, project: str | os.PathLike[str] | None = None, heavy: bool = False
+) -> FixturesReport:
+    """Ask a Lean worker to build (once, cached) the bundled library for its toolchain and say
+    where it is: ``report.library_root`` goes on the search path to import ``LwFix.*``.
+    Raises ``FixturesUnavailable`` (with the worker's error code) when it cannot."""
+    config = lean_config(lean=lean, project=project, startup_timeout_s=60, request_timeout_s=FIXTURES_TIMEOUT_S)
+    try:
+        async with Worker(config) as worker:
+            return await worker.call(FIXTURES, FixturesRequest(heavy=heavy))  # type: ignore[no-any-return]
+    except WorkerError as exc:
+        raise FixturesUnavailable(exc) from exc
+
+
+def _source_required(source: object, options: VerifyOptions) -> None:
+    if source is None and not options.fixtures:
+        raise VerifyInputError("no snippets: give a directory, a JSONL file or Snippets, or fixtures=True")
+
+
+@asynccontextmanager
+async def verify_snippets(
+    source: str | os.PathLike[str] | Iterable[Snippet | tuple[str, str]] | None = None,
+    options: VerifyOptions | None = None,
+) -> AsyncIterator[VerifyRun]:
+    """Check ``source`` (a directory, a JSONL file, or ``Snippet``s) on a pool of Lean workers.
+
+    ``async with verify_snippets(path, VerifyOptions(workers=4)) as run: async for r in run``
+    yields a ``VerifyResult`` per item as it finishes; ``run.summary`` says what finished.
+    Raises, before the batch: ``VerifyInputError``, ``FixturesUnavailable``,
+    ``ToolchainNotFound``, or the pool's start-up errors.
+    """
+    options = options or VerifyOptions()
+    _source_required(source, options)
+    keyed = options.engine != "cold"
+    items = None if source is None else await anyio.to_thread.run_sync(_load, source, keyed)
+    extra: list[str] = []
+    if options.fixtures:
+        report = await build_fixtures(lean=options.lean, project=options.project)
+        extra.append(report.library_root)
+        if items is None:
+            items = await anyio.to_thread.run_sync(_load, report.snippets_dir, keyed)
+    assert items is not None
+    run = VerifyRun(items, options.workers)
+    requests = [CheckRequest(i.code or "", id=i.id, timeout_s=options.timeout_s) for i in run._checkable]
+    command = _KeyedCheck({id(r): i.keys for r, i in zip(requests, run._checkable, strict=True)})
+    thrown: BaseException | None = None
+    async with Pool(options.worker_config(extra), size=run.workers) as pool:
+        run._pool = pool
+        try:
+            await pool.call(TOOLCHAIN, ToolchainQuery())  # fail once, not once per snippet
+            try:
+                async with pool.map(command, requests) as outcomes:
+                    run._outcomes = outcomes
+                    try:
+                        yield run
+                    except BaseException as exc:
+                        thrown = exc
+                        raise
+            except BaseExceptionGroup as group:
+                # The map's task group wraps what the caller's block raised; give it back as
+                # itself (raised below, outside this handler, so that its context stays its own).
+                if thrown is None or list(group.exceptions) != [thrown]:
+                    raise
+        finally:
+            run._finish()
+    if thrown is not None:
+        raise thrown
+
+
+@contextmanager
+def verify_snippets_sync(
+    source: str | os.PathLike[str] | Iterable[Snippet | tuple[str, str]] | None = None,
+    options: VerifyOptions | None = None,
+) -> Iterator[SyncVerifyRun]:
+    """``verify_snippets`` for code without an event loop: ``with verify_snippets_sync(path)
+    as run: for r in run``. The pool runs on an event loop in a background thread."""
+    with start_blocking_portal("asyncio") as portal:
+        with portal.wrap_async_context_manager(verify_snippets(source, options)) as run:
+            yield SyncVerifyRun(run, portal)
+
+
+class SyncVerifyRun:
+    """``VerifyRun`` for synchronous code: iterate for results, then read ``summary``."""
+
+    def __init__(self, run: VerifyRun, portal: Any) -> None:
+        self._run = run
+        self._portal = portal
+
+    @property
+    def total(self) -> int:
+        return self._run.total
+
+    @property
+    def summary(self) -> VerifySummary:
+        return self._run.summary
+
+    def __iter__(self) -> Iterator[VerifyResult]:
+        while True:
+            result = self._portal.call(_next_or_none, self._run)
+            if result is None:
+                return
+            yield result
+
+
+async def _next_or_none(run: VerifyRun) -> VerifyResult | None:
+    try:
+        return await run.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
 class Progress:
-    """One self-rewriting status line on a terminal: done/total, rate and ETA."""
+    """One self-rewriting status line on a terminal: done/total, rate, ETA and failures.
+
+    Each update returns to the start of the line and pads with spaces to the length of the
+    previous one, so a shorter line leaves no characters of a longer one behind."""
 
     def __init__(self, total: int, stream: IO[str], enabled: bool) -> None:
         self.total = total
@@ -138,6 +676,7 @@ class Progress:
         self.enabled = enabled
         self.started = time.monotonic()
         self.last = 0.0
+        self.width = 0
 
     def update(self, done: int, failed: int, force: bool = False) -> None:
         if not self.enabled:
@@ -148,144 +687,144 @@ class Progress:
         self.last = now
         elapsed = max(now - self.started, 1e-9)
         rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        eta = (self.total - done) / rate if rate > 0 else math.inf
         width = 30
         filled = int(width * done / self.total) if self.total else width
         bar = "#" * filled + "." * (width - filled)
-        eta_text = f"{eta:.0f}s" if eta != float("inf") else "?"
-        self.stream.write(f"\r[{bar}] {done}/{self.total} {rate:.1f}/s ETA {eta_text} failed={failed}")
+        eta_text = f"{eta:.0f}s" if eta != math.inf else "?"
+        text = f"[{bar}] {done}/{self.total} {rate:.1f}/s ETA {eta_text} failed={failed}"
+        self.stream.write("\r" + text.ljust(self.width))
+        self.width = len(text)
         self.stream.flush()
 
     def finish(self) -> None:
-        if self.enabled:
+        if self.enabled and self.width:
             self.stream.write("\n")
             self.stream.flush()
+            self.width = 0
 
 
-def _summary(verdicts: Counter[str], errors: Counter[str], restarts: dict[str, int], total: int,
-             elapsed: float, workers: int, imports: int) -> str:
-    rows = [("snippets", str(total))]
-    rows += [(f"  {v}", str(verdicts[v])) for v in ("ok", "errors", "sorry", "failed") if verdicts[v]]
-    rows += [(f"  failed: {code}", str(n)) for code, n in sorted(errors.items())]
-    rows.append(("imports", str(imports)))
-    rows.append(("restarts", ", ".join(f"{k}={v}" for k, v in sorted(restarts.items())) or "0"))
-    rows.append(("workers", str(workers)))
-    rows.append(("elapsed", f"{elapsed:.2f} s"))
-    rows.append(("throughput", f"{total / elapsed:.1f} snippets/s" if elapsed > 0 else "-"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
-
-
-def _open_output(target: str) -> tuple[IO[str], bool]:
-    if target == "-":
-        return sys.stdout, False
-    return open(target, "w", encoding="utf-8"), True
-
-
-def run(args: argparse.Namespace) -> int:
-    search_path = list(args.search_path)
-    if args.fixtures:
-        # The bundled library is built by a Lean worker for its own toolchain: only the
-        # child runs Lean.
-        try:
-            built = anyio.run(_build_fixtures, args)
-        except WorkerError as exc:
-            print(f"lean-worker verify: cannot build the fixtures: {exc.code}: {exc}", file=sys.stderr)
-            return 2
-        search_path.append(built.library_root)
-        source = Path(args.snippets) if args.snippets else Path(built.snippets_dir)
-    elif args.snippets:
-        source = Path(args.snippets)
-    else:
-        print("lean-worker verify: give a directory or a JSONL file of snippets, or --fixtures", file=sys.stderr)
-        return 2
-    if not source.exists():
-        print(f"lean-worker verify: {source} does not exist", file=sys.stderr)
-        return 2
-    try:
-        items = read_items(source)
-    except OSError as exc:
-        print(f"lean-worker verify: cannot read {source}: {exc}", file=sys.stderr)
-        return 2
-    if args.workers < 1 or args.timeout <= 0:
-        print("lean-worker verify: --workers must be >= 1 and --timeout > 0", file=sys.stderr)
-        return 2
-    restart = RestartPolicy(
+def options_from_args(args: argparse.Namespace) -> VerifyOptions:
+    return VerifyOptions(
+        workers=args.workers,
+        timeout_s=args.timeout,
+        lean=args.lean,
+        project=args.project,
+        search_path=list(args.search_path),
+        fixtures=args.fixtures,
+        engine=args.engine,
+        max_sessions=args.max_sessions,
         max_imports=args.max_imports,
         max_requests=args.max_requests,
         rss_ceiling_bytes=args.rss_ceiling_mb * MIB if args.rss_ceiling_mb else None,
+        lean_memory_mb=args.lean_memory_mb,
     )
-    config = lean_config(
-        lean=args.lean,
-        project=args.project,
-        search_path=search_path,
-        engine=args.engine,
-        max_sessions=args.max_sessions,
-        lean_args=["-M", str(args.lean_memory_mb)] if args.lean_memory_mb else [],
-        restart=restart,
-        request_timeout_s=args.timeout + 30.0,  # the child's own deadline fires first
-    )
-    out, close_out = _open_output(args.output)
-    report = sys.stderr if out is sys.stdout else sys.stdout
+
+
+@dataclass
+class _Cli:
+    args: argparse.Namespace
+    run: VerifyRun | None = None
+    progress: Progress | None = None
+    report: IO[str] = field(default_factory=lambda: sys.stderr)
+
+
+def _say(text: str) -> None:
+    print(f"lean-worker verify: {text}", file=sys.stderr)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``lean-worker verify`` after its arguments were parsed and checked (see ``cli.py``).
+
+    Exit status: 0 when the run completed (whatever the verdicts); 1 with ``--strict`` when
+    a snippet is not ok; 2 for bad options, unreadable input, fixtures that cannot be built,
+    an output that cannot be opened, or no toolchain; 130 on SIGINT (Ctrl-C); 141 (quietly)
+    when the reader of stdout went away."""
+    if args.snippets is None and not args.fixtures:
+        _say("give a directory or a JSONL file of snippets, or --fixtures")
+        return 2
     try:
-        return anyio.run(_run, args, config, items, out, report)
-    finally:
-        if close_out:
-            out.close()
+        options = options_from_args(args)
+    except VerifyOptionError as exc:
+        _say(f"{exc.code}: {exc}")
+        return 2
+    try:
+        return anyio.run(_command, _Cli(args), options)
+    except KeyboardInterrupt:  # before the SIGINT handler was installed, or after it was removed
+        _say("interrupted")
+        return 130
 
 
-async def _build_fixtures(args: argparse.Namespace) -> FixturesReport:
-    config = lean_config(lean=args.lean, project=args.project, startup_timeout_s=60, request_timeout_s=600)
-    async with Worker(config) as worker:
-        return await worker.call(FIXTURES, FixturesRequest())
+async def _command(cli: _Cli, options: VerifyOptions) -> int:
+    code: int | None = None
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            work = anyio.CancelScope()
+
+            async def stop_on_sigint() -> None:
+                async for _ in signals:
+                    work.cancel()
+                    return
+
+            tg.start_soon(stop_on_sigint)
+            try:
+                with work:
+                    code = await _batch(cli, options)
+            finally:
+                tg.cancel_scope.cancel()
+    if code is not None:
+        return code
+    # Interrupted: the results written so far stay; say what finished.
+    if cli.progress is not None:
+        cli.progress.finish()
+    if cli.run is None:
+        _say("interrupted before any snippet was checked")
+    else:
+        cli.report.write(cli.run.summary.render() + "\n")
+        cli.report.flush()
+        _say(f"interrupted; {cli.run.done} of {cli.run.total} results written")
+    return 130
 
 
-async def _run(args: argparse.Namespace, config: Any, items: list[Item], out: IO[str], report: IO[str]) -> int:
-    started = time.monotonic()
-    verdicts: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    progress = Progress(len(items), sys.stderr, sys.stderr.isatty() and not args.no_progress)
-    checkable = [i for i in items if i.code is not None]
-    for item in items:
-        if item.problem is not None:
-            bad: dict[str, Any] = {"id": item.id, "verdict": "failed", "messages": [], "sorries": [], "time_ms": 0.0,
-                      "worker": -1, "generation": 0, "error": {"code": "verify.bad_item", "message": item.problem}}
-            out.write(orjson.dumps(bad).decode() + "\n")
-            verdicts["failed"] += 1
-            errors["verify.bad_item"] += 1
-    requests = [CheckRequest(i.code or "", id=i.id, timeout_s=args.timeout) for i in checkable]
-    by_id = {i.id: i for i in checkable}
-    done = sum(verdicts.values())
-    async with Pool(config, size=min(args.workers, max(1, len(requests)))) as pool:
-        try:  # fail fast, once, rather than once per snippet
-            await pool.call(TOOLCHAIN, ToolchainQuery())
-        except ToolchainNotFound as exc:
-            print(f"lean-worker verify: {exc.remote_code}: {exc.remote_message}", file=sys.stderr)
-            return 2
-        async with pool.map(CHECK, requests) as outcomes:
-            async for outcome in outcomes:
-                record = _result_record(outcome, by_id[outcome.request.id])
-                verdicts[record["verdict"]] += 1
-                if "error" in record:
-                    errors[record["error"]["code"]] += 1
-                out.write(orjson.dumps(record).decode() + "\n")
-                out.flush()
-                done += 1
-                progress.update(done, verdicts["failed"])
-        snap = pool.snapshot()
-    progress.update(done, verdicts["failed"], force=True)
+async def _batch(cli: _Cli, options: VerifyOptions) -> int:
+    args = cli.args
+    try:
+        async with verify_snippets(args.snippets, options) as run:
+            cli.run = run
+            if args.output == "-":
+                out, close = sys.stdout, False
+            else:
+                try:
+                    out, close = open(args.output, "w", encoding="utf-8"), True
+                except OSError as exc:
+                    _say(f"cannot write {args.output}: {exc.strerror or exc}")
+                    return 2
+            cli.report = sys.stderr if out is sys.stdout else sys.stdout
+            progress = cli.progress = Progress(run.total, sys.stderr, sys.stderr.isatty() and not args.no_progress)
+            try:
+                async for result in run:
+                    out.write(result.to_json() + "\n")
+                    out.flush()
+                    progress.update(run.done, run.failed)
+            except BrokenPipeError:
+                # Whoever read the results went away (``| head``): stop quietly, as a Unix
+                # filter does, and keep Python from failing on the final flush of stdout.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 128 + signal.SIGPIPE
+            finally:
+                if close:
+                    out.close()
+    except ToolchainNotFound as exc:
+        _say(f"{exc.remote_code}: {_first_line(exc.remote_message)}")
+        return 2
+    except VerifyError as exc:
+        _say(f"{exc.code}: {exc}")
+        return 2
+    progress.update(run.done, run.failed, force=True)
     progress.finish()
-    report.write(_summary(verdicts, errors, snap.restarts, len(items), time.monotonic() - started,
-                          pool.size, sum(w.imports for w in snap.workers)) + "\n")
-    report.flush()
-    if args.strict and verdicts["ok"] != len(items):
+    summary = run.summary
+    cli.report.write(summary.render() + "\n")
+    cli.report.flush()
+    if args.strict and summary.verdicts.get("ok", 0) != summary.snippets:
         return 1
     return 0
-
-
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Read back a results file (for tests and tools)."""
-    with path.open() as fh:
-        for line in fh:
-            if line.strip():
-                yield orjson.loads(line)

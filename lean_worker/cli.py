@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import anyio
 
@@ -89,6 +92,85 @@ def _toolchain(args: argparse.Namespace) -> int:
     return anyio.run(run)
 
 
+# -- arguments shared by several commands, each declared once --------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit status 2 (argparse's own rule)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0; got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0; got {text!r}")
+    return value
+
+
+def _directory(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a directory" if Path(text).exists() else f"{text} does not exist")
+    return text
+
+
+def _existing(text: str) -> str:
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return text
+
+
+def _writable(text: str) -> str:
+    """A file this process can create or overwrite (``-`` is stdout). Checked before any work;
+    the file itself is opened only once the batch starts."""
+    if text == "-":
+        return text
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {text}: it is a directory")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write {text}: permission denied")
+        return text
+    parent = path.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create {text}: its directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot create {text}: permission denied in {parent}")
+    return text
+
+
+def _lean_arguments(container: Any, *, search_path: bool = True) -> None:
+    """Where the Lean worker finds Lean: ``--lean``, ``--project`` and ``--search-path``."""
+    container.add_argument("--lean", help="an explicit lean executable (else $LEAN_WORKER_LEAN, lake env, PATH, test toolchain)")
+    container.add_argument("--project", type=_directory, help="a Lake project directory (default: the working directory)")
+    if search_path:
+        container.add_argument("--search-path", action="append", default=[], type=_directory,
+                               help="a directory of .olean files (repeatable)")
+
+
+def _timeout_argument(container: Any, help: str) -> None:
+    container.add_argument("--timeout", type=_seconds, default=60.0, help=f"{help} (default 60)")
+
+
+def _json_argument(container: Any, help: str = "print the report as JSON") -> None:
+    container.add_argument("--json", action="store_true", help=help)
+
+
 def _target_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group(
         "which worker child",
@@ -100,12 +182,9 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--sibling", metavar="NAME", help="a console script beside this Python interpreter")
     where.add_argument("--module", metavar="M", help="python -m M with this interpreter")
     where.add_argument("--child-arg", action="append", default=[], metavar="ARG", help="an argument for the child (repeatable)")
-    lean = parser.add_argument_group("the Lean worker (default target only)")
-    lean.add_argument("--lean", help="an explicit lean executable (else $LEAN_WORKER_LEAN, lake env, PATH, test toolchain)")
-    lean.add_argument("--project", help="a Lake project directory (default: the working directory)")
-    lean.add_argument("--search-path", action="append", default=[], help="a directory of .olean files (repeatable)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for start-up and for each request (default 60)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    _lean_arguments(parser.add_argument_group("the Lean worker (default target only)"))
+    _timeout_argument(parser, "seconds for start-up and for each request")
+    _json_argument(parser)
 
 
 def _target_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[WorkerConfig, bool]:
@@ -168,12 +247,14 @@ def _check(args: argparse.Namespace) -> int:
     except ChildNotFound as exc:
         report = not_found_report(exc)
     else:
-        if lean and not args.expect:
-            from lean_worker_protocol.lean import CHECK, CHECK_BATCH, INDEX, OPEN, TOOLCHAIN
-            from lean_worker_protocol.probe import DOCTOR
+        steps = None  # check's default: the worker.doctor round trip
+        if lean or imports:
+            from .lean import LEAN_COMMANDS, lean_steps
 
-            expect = [CHECK, CHECK_BATCH, INDEX, OPEN, TOOLCHAIN, DOCTOR]
-        report = anyio.run(functools.partial(check, config, expect=expect, lean_imports=imports))
+            steps = lean_steps(imports)
+            if lean and not args.expect:
+                expect = list(LEAN_COMMANDS)
+        report = anyio.run(functools.partial(check, config, expect=expect, steps=steps))
     if args.json:
         print(msgspec.json.encode({"ok": report.ok, **msgspec.structs.asdict(report)}).decode())
     else:
@@ -195,16 +276,90 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _add_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from ._verify import add_arguments, run
+def _verify(args: argparse.Namespace) -> int:
+    from ._verify import run_command
 
-    verify = sub.add_parser("verify", help="check a batch of Lean snippets through a pool of Lean workers")
-    add_arguments(verify)
-    verify.set_defaults(func=run)
+    return run_command(args)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    verify = sub.add_parser(
+        "verify",
+        help="check a batch of Lean snippets through a pool of Lean workers",
+        description="Exit status: 0 when the run completed, whatever the verdicts; 1 with --strict when a snippet "
+                    "is not ok; 2 for bad arguments, unreadable input, an output that cannot be opened, no "
+                    "toolchain or fixtures that cannot be built (all checked before the batch); 130 when "
+                    "interrupted (Ctrl-C), after a summary of what finished; 141 when the reader of stdout "
+                    "went away.",
+    )
+    verify.add_argument("snippets", nargs="?", type=_existing,
+                        help="a directory of .lean files, or a JSONL file of {id, code}")
+    verify.add_argument("--fixtures", action="store_true",
+                        help="check against the bundled library, which a Lean worker builds for its toolchain "
+                             "(and, with no SNIPPETS, check the bundled snippets)")
+    verify.add_argument("-o", "--output", default="-", type=_writable, help="where JSONL results go (default: stdout)")
+    verify.add_argument("-j", "--workers", type=_at_least_one, default=os.cpu_count() or 1,
+                        help="pool size (default: CPU count)")
+    _timeout_argument(verify, "seconds per snippet; past it that snippet's Lean process is killed")
+    _lean_arguments(verify)
+    verify.add_argument("--max-imports", type=_at_least_one, help="replace a worker before its next fresh import after this many")
+    verify.add_argument("--max-requests", type=_at_least_one, help="replace a worker after this many checks")
+    verify.add_argument("--rss-ceiling-mb", type=_at_least_one, help="replace a worker whose process tree is over this (MiB)")
+    verify.add_argument("--lean-memory-mb", type=_at_least_one, help="Lean's own memory limit per Lean process (lean -M)")
+    verify.add_argument("--max-sessions", type=_at_least_one, default=8, help="warm headers kept per worker (default 8)")
+    verify.add_argument("--engine", choices=("warm", "cold"), default="warm")
+    verify.add_argument("--strict", action="store_true", help="exit 1 if any snippet is not ok")
+    verify.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
+    verify.set_defaults(func=_verify)
+
+
+def _fixtures(args: argparse.Namespace) -> int:
+    """Ask a Lean worker to build (once, cached) the bundled library and say where it is."""
+    import msgspec
+
+    from ._verify import FixturesUnavailable, build_fixtures
+
+    try:
+        report = anyio.run(functools.partial(build_fixtures, lean=args.lean, project=args.project, heavy=args.heavy))
+    except FixturesUnavailable as exc:
+        print(f"lean-worker fixtures: {exc.code}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lean-worker fixtures: interrupted", file=sys.stderr)
+        return 130
+    if args.print_library_root:
+        print(report.library_root)
+    elif args.json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        print(f"library root: {report.library_root}")
+        print(f"modules:      {', '.join(report.library_modules)}")
+        print(f"snippets:     {report.snippets_dir}")
+        if report.heavy_root:
+            print(f"heavy root:   {report.heavy_root} ({', '.join(report.heavy_modules)})")
+        print(f"built in:     {report.build_s:.2f} s" + (" (already built)" if report.build_s == 0 else ""))
+    return 0
+
+
+def _add_fixtures(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    fixtures = sub.add_parser(
+        "fixtures",
+        help="build the bundled Lean library with the resolved toolchain and print where it is",
+        description="A Lean worker builds the bundled prelude library (LwFix.*) for the toolchain it resolves, "
+                    "once, then finds it in the cache. Put the library root on --search-path to import it. "
+                    "Exit status: 0, 1 when it cannot be built, 2 for bad arguments.",
+    )
+    _lean_arguments(fixtures, search_path=False)
+    fixtures.add_argument("--heavy", action="store_true", help="also build the heavy header (about 30 s once)")
+    show = fixtures.add_mutually_exclusive_group()
+    show.add_argument("--print-library-root", action="store_true",
+                      help="print only the library root, e.g. for --search-path \"$(lean-worker fixtures --print-library-root)\"")
+    _json_argument(show)
+    fixtures.set_defaults(func=_fixtures)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lean-worker", description="Supervised worker processes for Lean 4 work.")
+    parser = _Parser(prog="lean-worker", description="Supervised worker processes for Lean 4 work.")
     parser.add_argument("--version", action="version", version=f"lean-worker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a typed streaming command through a supervised worker")
@@ -212,10 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--show", type=int, default=10, help="print this many rows (default 10)")
     demo.set_defaults(func=_demo)
     tc = sub.add_parser("toolchain", help="report the Lean toolchain the Lean worker resolves")
-    tc.add_argument("--lean", help="an explicit lean executable (else $LEAN_WORKER_LEAN, lake env, PATH, test toolchain)")
-    tc.add_argument("--project", help="a Lake project directory (default: the working directory)")
-    tc.add_argument("--search-path", action="append", default=[], help="a directory of .olean files (repeatable)")
-    tc.add_argument("--json", action="store_true", help="print the report as JSON")
+    _lean_arguments(tc)
+    _json_argument(tc)
     tc.set_defaults(func=_toolchain)
     check = sub.add_parser(
         "check",
@@ -237,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _target_arguments(doctor)
     doctor.set_defaults(func=_doctor, parser=doctor)
     _add_verify(sub)
+    _add_fixtures(sub)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
