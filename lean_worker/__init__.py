@@ -78,7 +78,8 @@ from ._worker import (
 )
 
 __version__ = VERSION
-"""From the installed package's metadata (``pyproject.toml``), the one version source."""
+"""Written once, in ``lean_worker_protocol/_version.py``; ``pyproject.toml`` reads it, so
+the package metadata agrees (``tests/test_public_api.py``)."""
 
 __all__ = [
     # Declaring commands (from the protocol package)

@@ -60,6 +60,13 @@ class FifoLock:
         else:
             self._locked = False
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free, without waiting."""
+        if self._locked:
+            return False
+        self._locked = True
+        return True
+
     async def acquire_within(self, seconds: float | None) -> bool:
         """Acquire, waiting at most ``seconds`` (``None``: no bound); False if it timed out."""
         if not self._locked:

@@ -94,7 +94,7 @@ class StreamCall(Generic[RowT, SummaryT]):
         op = self._op
         if op is None:
             raise RuntimeError("use the StreamCall as an async context manager")
-        if op.done or self._failed():
+        if op.done:
             return None
         frame = await op.next_frame()
         if isinstance(frame, Rows):
@@ -148,18 +148,7 @@ class StreamCall(Generic[RowT, SummaryT]):
     def __aiter__(self) -> StreamCall[RowT, SummaryT]:
         return self
 
-    def _failed(self) -> bool:
-        """The request ended without its summary: rows still buffered were tentative and
-        are dropped, and iteration ends (the error was raised once already)."""
-        op = self._op
-        if op is not None and op.concluded and self._summary is None:
-            self._rows, self._i = [], 0
-            return True
-        return False
-
     async def __anext__(self) -> RowT:
-        if self._failed():
-            raise StopAsyncIteration
         i = self._i
         rows = self._rows
         if i < len(rows):
@@ -167,6 +156,9 @@ class StreamCall(Generic[RowT, SummaryT]):
             # Rows of a batch are handed out without waiting, so the deadline is checked
             # here too (every 64 rows: a consumer slower than the child cannot outrun it).
             if not i & 63 and self._op is not None and self._op.gen.channel.now() >= self._op.deadline:
+                # The rest of the batch was tentative and goes with the request: a consumer
+                # that iterates again gets no rows, and the request does not end twice.
+                self._rows, self._i = [], 0
                 raise await self._op.timed_out()
             return rows[i]
         while True:
@@ -183,8 +175,6 @@ class StreamCall(Generic[RowT, SummaryT]):
 
     async def next_batch(self) -> list[RowT] | None:
         """The rest of the current batch, or the next one; ``None`` at the end (sync facade)."""
-        if self._failed():
-            return None
         if self._i < len(self._rows):
             rest = self._rows[self._i :]
             self._i = len(self._rows)

@@ -240,7 +240,10 @@ class Worker:
 
     async def _acquire(self, operation: str, limit_s: float | None) -> None:
         """Take the request lock for ``operation``, waiting at most ``limit_s``."""
-        self._refuse_reentry(operation)
+        if self._holder is not None:
+            self._refuse_reentry(operation)
+        if self._lock.try_acquire():  # the common case: no clock read, no await
+            return
         started = anyio.current_time()
         if not await self._lock.acquire_within(limit_s):
             waited = anyio.current_time() - started

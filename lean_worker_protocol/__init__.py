@@ -4,8 +4,6 @@ Pure types and codec: imports neither the parent (``lean_worker``) nor the child
 (``lean_worker_child``), so both sides and downstream command modules can depend on it.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from ._codec import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER_SIZE,
@@ -17,6 +15,7 @@ from ._codec import (
     ProtocolError,
 )
 from ._commands import DEFAULT_STREAM, Call, Command, Stream
+from ._version import VERSION
 from ._frames import (
     BOOTSTRAP_ENV,
     NIL,
@@ -39,13 +38,6 @@ from ._frames import (
     Shutdown,
     Welcome,
 )
-
-try:
-    VERSION: str = version("lean-worker")
-    """The installed lean-worker's version, from its package metadata (``pyproject.toml``):
-    the one version source for the parent, the first-party children and the CLI."""
-except PackageNotFoundError:  # run from a source tree that was never installed
-    VERSION = "0+unknown"
 
 __all__ = [
     "VERSION",

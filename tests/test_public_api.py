@@ -17,7 +17,7 @@ from conftest import ROOT
 from lean_worker import Worker, WorkerConfig
 
 
-def test_the_version_comes_from_the_package_metadata() -> None:
+def test_the_version_is_written_once_and_the_package_metadata_agrees() -> None:
     installed = importlib.metadata.version("lean-worker")
     assert lean_worker.__version__ == lean_worker_protocol.VERSION == installed
     shown = subprocess.run(
