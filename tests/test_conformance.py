@@ -17,6 +17,7 @@ fail, crash, hang, ignore cancellation or never start. Every test ends with
 - per worker, generations strictly increase, a generation starts only once the one before
   it was reaped (one child at a time), and every started generation was reaped by the end.
 
+Every async test runs on asyncio and on trio (the parent's channel differs between them).
 Time-based policy (idle retirement, the restart window) runs on a ``ManualClock``; real
 waits (a request deadline, a child's exit) are bounded by ``anyio.fail_after``.
 See ``architecture/20-supervisor.md``, "Conformance suite".
@@ -58,6 +59,13 @@ from lean_worker import (
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Both backends: the parent's channel differs (asyncio: one registered reader and the
+    busy-poll; trio: ``wait_readable``), and every invariant must hold on each."""
+    return request.param  # type: ignore[no-any-return]
 LIMIT_S = 30.0
 """Bound of every test's body: far above its normal run time, far below a hang."""
 
