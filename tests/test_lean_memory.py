@@ -45,9 +45,14 @@ async def test_fresh_imports_grow_limits_bound_them_and_warm_reuse_is_flat(heavy
     assert ceiling[-1].generation >= 2
     assert max(p.pss_mib for p in ceiling) < fresh[-1].pss_mib
 
-    # One header: one import, then warm checks that add nothing.
+    # One header: one import, then warm checks that add nothing. Now and then (2 runs in 8,
+    # also before issue 8) one check lands on a single allocator step of about 2 MiB (a new
+    # heap for a thread); a per-check growth, which is what a fresh import shows (each adds
+    # more than 2 MiB, see `steps` above), would be several steps.
     assert [p.session for p in warm[1:]] == ["import"] + ["warm"] * (IMPORTS - 1)
-    assert max(p.pss_mib for p in warm[1:]) - min(p.pss_mib for p in warm[1:]) < 2
+    warm_steps = [b.pss_mib - a.pss_mib for a, b in zip(warm[1:], warm[2:], strict=False)]
+    assert sum(step > 0.5 for step in warm_steps) <= 1, warm_steps
+    assert max(warm_steps) < 2.5, warm_steps
 
 
 def test_the_reproducer_runs_from_the_command_line(heavy) -> None:  # type: ignore[no-untyped-def]
