@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Hashable, Iterable
+from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
@@ -53,6 +53,7 @@ from lean_worker_protocol import Call, Stream
 from ._clock import Clock
 from ._config import WorkerConfig
 from ._errors import (
+    InvalidRequest,
     LeaseInvalidated,
     PoolBudgetExceeded,
     PoolClosed,
@@ -190,6 +191,12 @@ class Lease:
             command, request, timeout=timeout, on_diagnostic=on_diagnostic, on_progress=on_progress
         )
 
+    async def _call_keyed(
+        self, command: Call[ReqT, RespT], request: ReqT, keys: tuple[Hashable, ...] | None, timeout: float | None
+    ) -> RespT:
+        """``call`` with the session keys the pool computed to pick this worker."""
+        return await self.worker._call(command, request, timeout, None, None, keys)
+
 
 @dataclass(frozen=True)
 class Outcome(Generic[ReqT, RespT]):
@@ -304,10 +311,11 @@ class Pool:
         timeout: float | None = DEFAULT,
     ) -> RespT:
         """Run one ``Call`` on a leased worker. ``key`` defaults to the command's session key."""
+        keys = session_keys_of(command, request)  # once: for the lease and for the worker
         if key is None:
-            key = _first_key(command, request)
+            key = keys[0] if keys else None
         async with self.lease(key) as lease:
-            return await lease.call(command, request, timeout=timeout)
+            return await lease._call_keyed(command, request, keys, timeout)
 
     async def _acquire(self, key: Hashable | None) -> _Slot:
         if self._closed:
@@ -470,11 +478,15 @@ class Pool:
         *,
         timeout: float | None = DEFAULT,
         concurrency: int | None = None,
+        keys: Sequence[tuple[Hashable, ...]] | None = None,
     ) -> AsyncIterator[MemoryObjectReceiveStream[Outcome[ReqT, RespT]]]:
         """Run ``command`` (a ``Call``) for every request on the pool; yield outcomes as they finish.
 
         ``async with pool.map(CHECK, reqs) as outcomes: async for o in outcomes: ...``.
-        Leaving the block early cancels what is still running.
+        Leaving the block early cancels what is still running. ``keys``: each request's
+        session keys, in order, when the caller has them already (computed once, off the
+        event loop, as ``verify`` does for big snippets); by default the command's
+        ``session_keys`` computes them, once per request.
         """
         if not isinstance(command, Call):
             raise TypeError(f"map() takes a Call declaration; got {command!r}")
@@ -485,7 +497,7 @@ class Pool:
         async def runner(out: MemoryObjectSendStream[Outcome[ReqT, RespT]]) -> None:
             async with out:
                 for index, request in items:
-                    outcome = await self._run_one(command, index, request, timeout)
+                    outcome = await self._run_one(command, index, request, timeout, keys)
                     await out.send(outcome)
 
         async with anyio.create_task_group() as tg:
@@ -497,15 +509,29 @@ class Pool:
                 tg.cancel_scope.cancel()
 
     async def _run_one(
-        self, command: Call[ReqT, RespT], index: int, request: ReqT, timeout: float | None
+        self,
+        command: Call[ReqT, RespT],
+        index: int,
+        request: ReqT,
+        timeout: float | None,
+        given: Sequence[tuple[Hashable, ...]] | None,
     ) -> Outcome[ReqT, RespT]:
         started = time.perf_counter()
         worker, generation = -1, 0
         try:
-            key = _first_key(command, request)
-            async with self.lease(key) as lease:
+            if given is None:
+                keys = session_keys_of(command, request)
+            elif index < len(given):
+                keys = tuple(given[index])
+            else:
+                raise InvalidRequest(
+                    f"{command.name}: map() was given keys for {len(given)} requests but request "
+                    f"index={index} has none: nothing was sent",
+                    operation=command.name,
+                )
+            async with self.lease(keys[0] if keys else None) as lease:
                 worker, generation = lease.index, lease.generation
-                value = await lease.call(command, request, timeout=timeout)
+                value = await lease._call_keyed(command, request, keys, timeout)
         except WorkerError as exc:
             return Outcome(index, request, None, exc, worker, generation, time.perf_counter() - started)
         return Outcome(index, request, value, None, worker, generation, time.perf_counter() - started)
@@ -540,8 +566,3 @@ class Pool:
             budget_cycles=c["budget_cycles"],
         )
 
-
-def _first_key(command: Call[Any, Any] | Stream[Any, Any, Any], request: Any) -> Hashable | None:
-    """The request's first session key: what a lease for it should find warm."""
-    keys = session_keys_of(command, request)
-    return keys[0] if keys else None

@@ -48,7 +48,7 @@ from ._errors import (
 )
 from ._exit import ExitInfo
 from ._startup import Generation
-from ._types import DiagnosticCallback, ProgressCallback, TraceEvent
+from ._types import DiagnosticCallback, ProgressCallback
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -325,9 +325,7 @@ class Exchange:
 
     def conclude(self, outcome: str) -> None:
         """Record ``self``'s terminal outcome (once; a second one is traced as ``outcome_again``)."""
-        if self.worker.tracer is not None:
-            kind = "outcome_again" if self.concluded else "outcome"
-            self.worker.tracer(TraceEvent(kind, self.worker.config.name, self.gen.child.generation, self.id, outcome))
+        self.worker._trace("outcome_again" if self.concluded else "outcome", self.gen.child.generation, self.id, outcome)
         self.concluded = True
 
 

@@ -18,7 +18,7 @@ thread, which their parent-death signal is tied to.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import partial
@@ -188,6 +188,7 @@ class SyncPool:
         *,
         timeout: float | None = DEFAULT,
         concurrency: int | None = None,
+        keys: Sequence[tuple[Hashable, ...]] | None = None,
     ) -> Iterator[Outcome[ReqT, RespT]]:
         """Run ``command`` for every request on the pool; yield an ``Outcome`` per request as
         it finishes (a failed request is an outcome with ``error`` set).
@@ -196,7 +197,9 @@ class SyncPool:
         cancels what is still running. ``requests`` is read from the portal thread.
         """
         portal = self._portal_or_raise()
-        return self._outcomes(portal, self._pool.map(command, requests, timeout=timeout, concurrency=concurrency))
+        return self._outcomes(
+            portal, self._pool.map(command, requests, timeout=timeout, concurrency=concurrency, keys=keys)
+        )
 
     def _outcomes(self, portal: BlockingPortal, batch: Any) -> Iterator[Outcome[Any, Any]]:
         async def receive_one(stream: MemoryObjectReceiveStream[Outcome[Any, Any]]) -> Any:

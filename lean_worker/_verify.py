@@ -21,9 +21,8 @@
   of the first item with that id.
 - **Header parsing.** Each snippet's session key (its header, see
   ``lean_worker_protocol.lean``) is computed once, in the same worker thread that reads the
-  input, and handed to the pool through a ``CHECK`` declaration whose ``session_keys``
-  looks it up (``_KeyedCheck``): the parent's event loop parses no header, and no header
-  twice. With ``engine="cold"`` no key is computed: a cold check keeps no session.
+  input, and handed to the pool with the requests (``Pool.map(..., keys=...)``): the
+  parent's event loop parses no header, and no header twice. With ``engine="cold"`` no key is computed: a cold check keeps no session.
 - **Order of work.** Read the input; build the bundled fixtures if asked (a Lean worker
   builds them for its own toolchain: the parent runs no Lean); start the pool; ask one
   worker for its toolchain (``ToolchainNotFound`` is raised once, instead of failing every
@@ -60,7 +59,6 @@ import orjson
 from anyio.from_thread import start_blocking_portal
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from lean_worker_protocol import Call
 from lean_worker_protocol import lean as _protocol
 
 from ._config import RestartPolicy, WorkerConfig
@@ -329,7 +327,7 @@ class _Item:
     """Why this item cannot be checked (a bad JSONL line); it becomes a failed result."""
     duplicate_of: int | None = None
     keys: tuple[Hashable, ...] = ()
-    """The session keys of its check, computed once (see ``_KeyedCheck``)."""
+    """The session keys of its check, computed once (given to ``Pool.map``)."""
 
 
 def _read_source(source: Path) -> list[tuple[str, str | None, int | None, str | None]]:
@@ -416,24 +414,6 @@ def _load(source: str | os.PathLike[str] | Iterable[Snippet | tuple[str, str]], 
 
 
 # -- running a batch ---------------------------------------------------------------------------
-
-
-class _KeyedCheck(Call[CheckRequest, CheckResult]):
-    """``CHECK`` with the session keys computed ahead of time, looked up per request.
-
-    ``Pool.map`` and ``Worker.call`` each ask the command for a request's session keys; for
-    ``CHECK`` that parses the header, twice per snippet, on the event loop. This declaration
-    is the same command (same name and fingerprint: ``session_keys`` is not part of it) and
-    answers from a table instead. Until the pool takes keys per request, this is how verify
-    keeps the parse to one per snippet, off the loop."""
-
-    def __init__(self, keys: dict[int, tuple[Hashable, ...]]) -> None:
-        self._keys = keys  # id(request) -> keys; the requests outlive the batch
-        super().__init__(CHECK.name, request=CheckRequest, response=CheckResult, session_keys=self._lookup)
-
-    def _lookup(self, request: CheckRequest) -> tuple[Hashable, ...]:
-        keys = self._keys.get(id(request))
-        return tuple(CHECK.session_keys(request)) if keys is None else keys  # type: ignore[misc]
 
 
 def _first_line(text: str, limit: int = 500) -> str:
@@ -594,14 +574,14 @@ async def verify_snippets(
     assert items is not None
     run = VerifyRun(items, options.workers)
     requests = [CheckRequest(i.code or "", id=i.id, timeout_s=options.timeout_s) for i in run._checkable]
-    command = _KeyedCheck({id(r): i.keys for r, i in zip(requests, run._checkable, strict=True)})
+    keys = [i.keys for i in run._checkable]
     thrown: BaseException | None = None
     async with Pool(options.worker_config(extra), size=run.workers) as pool:
         run._pool = pool
         try:
             await pool.call(TOOLCHAIN, ToolchainQuery())  # fail once, not once per snippet
             try:
-                async with pool.map(command, requests) as outcomes:
+                async with pool.map(CHECK, requests, keys=keys) as outcomes:
                     run._outcomes = outcomes
                     try:
                         yield run

@@ -96,6 +96,11 @@ class _SpinState:
         self.failures = 0
 
 
+KEYS_FROM_COMMAND: Any = object()
+"""Marker for ``Worker._call``/``_begin``: compute the request's session keys from its
+command (the caller has not)."""
+
+
 def check_timeout(timeout: object) -> None:
     """A per-call timeout is ``DEFAULT``, ``None`` (no limit) or a positive number."""
     if timeout is DEFAULT or timeout is None:
@@ -571,8 +576,10 @@ class Worker:
         timeout: float | None,
         on_diagnostic: DiagnosticCallback | None,
         on_progress: ProgressCallback | None,
+        listed: tuple[Hashable, ...] | None,
     ) -> Exchange:
-        listed = session_keys_of(command, request)
+        if listed is KEYS_FROM_COMMAND:
+            listed = session_keys_of(command, request)
         keys = None if listed is None else frozenset(listed)
         held = self._held_for
         if held is not None:
@@ -648,12 +655,25 @@ class Worker:
         on_progress: ProgressCallback | None = None,
     ) -> RespT:
         """Run a request/response command and return its typed response."""
+        return await self._call(command, request, timeout, on_diagnostic, on_progress, KEYS_FROM_COMMAND)
+
+    async def _call(
+        self,
+        command: Call[ReqT, RespT],
+        request: ReqT,
+        timeout: float | None,
+        on_diagnostic: DiagnosticCallback | None,
+        on_progress: ProgressCallback | None,
+        keys: tuple[Hashable, ...] | None,
+    ) -> RespT:
+        """``call``, with the request's session keys when the caller computed them already
+        (the pool does, to pick a warm worker): a command's ``session_keys`` runs once."""
         if not isinstance(command, Call):
             raise TypeError(f"call() takes a Call declaration; got {command!r} (use stream() for Stream)")
         check_timeout(timeout)
         await self._acquire(command.name, self.config.request_timeout_s if timeout is DEFAULT else timeout)
         try:
-            op = await self._begin(command, request, timeout, on_diagnostic, on_progress)
+            op = await self._begin(command, request, timeout, on_diagnostic, on_progress, keys)
             try:
                 spin = self._spin.get(command.name)
                 if spin is not None and spin.rtt_s < self._spin_s:
@@ -701,7 +721,7 @@ class Worker:
         until ``_close``."""
         await self._acquire(command.name, self.config.request_timeout_s if timeout is DEFAULT else timeout)
         try:
-            op = await self._begin(command, request, timeout, on_diagnostic, on_progress)
+            op = await self._begin(command, request, timeout, on_diagnostic, on_progress, KEYS_FROM_COMMAND)
         except BaseException:
             self._lock.release()
             raise

@@ -44,6 +44,7 @@ from lean_worker import (
     WorkerCrashed,
 )
 from lean_worker.lean import CHECK, CheckRequest, LeanCrashed, lean_config
+from lean_worker_protocol import Call
 
 SNIPPETS = Path(__file__).resolve().parents[1] / "lean" / "snippets"
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -402,3 +403,29 @@ async def test_every_failure_of_a_batch_is_a_worker_error() -> None:
                 got = {o.index: o async for o in outcomes}
     assert got[0].error is None and got[2].error is None
     assert isinstance(got[1].error, WorkerError)
+
+
+async def test_a_requests_session_keys_are_computed_once_or_taken_from_the_caller() -> None:
+    calls: list[str] = []
+
+    def counting(request: Load) -> list[str]:
+        calls.append(request.name)
+        return [request.name]
+
+    # The same command as KEYED_LOAD (session_keys is not part of the fingerprint).
+    keyed = Call(KEYED_LOAD.name, request=Load, response=int, session_keys=counting)
+    async with Pool(workload(), size=2) as pool:
+        with anyio.fail_after(30):
+            await pool.call(keyed, Load("a"))
+            assert calls == ["a"]  # once: for the lease and for the worker
+            async with pool.map(keyed, [Load("b"), Load("c")]) as outcomes:
+                assert [o.error async for o in outcomes] == [None, None]
+            assert sorted(calls) == ["a", "b", "c"]
+            calls.clear()
+            async with pool.map(keyed, [Load("d"), Load("e")], keys=[("d",)]) as outcomes:
+                got = {o.index: o async for o in outcomes}
+        snap = pool.snapshot()
+    assert calls == []  # the caller's keys were used
+    assert got[0].error is None
+    assert isinstance(got[1].error, InvalidRequest) and "keys for 1 requests" in str(got[1].error)
+    assert {k for w in snap.workers for k in w.keys} >= {"a", "d"}
