@@ -9,6 +9,7 @@
         ├── LeanCrashed                  lean.crashed                  a Lean process died
         ├── LeanTimeout                  lean.timeout                  past the check's own deadline
         ├── LeanHeaderError              lean.bad_header
+        ├── LeanStateInvalid             lean.state_invalid            a session state this worker cannot use
         └── ToolchainNotFound            lean.toolchain_not_found
 
 The child raises the same codes from ``lean_worker_child.lean.errors`` (and
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from ._errors import RemoteError, register_remote_error
 
-__all__ = ["LeanCrashed", "LeanError", "LeanHeaderError", "LeanTimeout", "ToolchainNotFound"]
+__all__ = ["LeanCrashed", "LeanError", "LeanHeaderError", "LeanStateInvalid", "LeanTimeout", "ToolchainNotFound"]
 
 
 @register_remote_error
@@ -68,6 +69,19 @@ class LeanTimeout(LeanError):
 @register_remote_error
 class LeanHeaderError(LeanError):
     code = "lean.bad_header"
+
+
+@register_remote_error
+class LeanStateInvalid(LeanError):
+    """A session state the worker refused: ``reason`` is ``context_mismatch`` (made in
+    another context: toolchain, search path or Lean arguments), ``id_mismatch`` (edited
+    by hand), ``bad_hole`` or ``empty_tactic``. Nothing was run."""
+
+    code = "lean.state_invalid"
+
+    @property
+    def reason(self) -> str | None:
+        return self.facts.get("reason")  # type: ignore[return-value]
 
 
 @register_remote_error

@@ -28,7 +28,7 @@ from lean_worker_protocol.lean import *  # noqa: F403  (the commands and types, 
 from lean_worker_protocol.lean import LeanSettings, WorkerEngine
 
 from ._config import ChildEnv, WorkerConfig
-from ._lean_errors import LeanCrashed, LeanError, LeanHeaderError, LeanTimeout, ToolchainNotFound
+from ._lean_errors import LeanCrashed, LeanError, LeanHeaderError, LeanStateInvalid, LeanTimeout, ToolchainNotFound
 from ._lean_probe import LEAN_COMMANDS, ROUNDTRIP_BODY, check_lean, lean_steps
 
 CHILD_MODULE = "lean_worker_child.lean"
@@ -56,6 +56,7 @@ __all__ = [
     "LeanCrashed",
     "LeanError",
     "LeanHeaderError",
+    "LeanStateInvalid",
     "LeanTimeout",
     "ToolchainNotFound",
     "check_lean",
@@ -98,6 +99,8 @@ def lean_config(
     engine: WorkerEngine | None = None,
     max_sessions: int | None = None,
     lean_args: Sequence[str] = (),
+    max_documents: int | None = None,
+    max_document_edits: int | None = None,
     **options: object,
 ) -> WorkerConfig:
     """A ``WorkerConfig`` for the Lean worker child.
@@ -111,7 +114,8 @@ def lean_config(
     - ``session_limit`` is ``max_sessions`` (a pool remembers that many sessions per worker);
     - ``name`` defaults to ``lean``.
     """
-    fields = {"lean": lean, "project": project, "engine": engine, "max_sessions": max_sessions}
+    fields = {"lean": lean, "project": project, "engine": engine, "max_sessions": max_sessions,
+              "max_documents": max_documents, "max_document_edits": max_document_edits}
     given = {name: value for name, value in fields.items() if value is not None}
     given.update({name: value for name, value in (("search_path", search_path), ("lean_args", lean_args)) if len(value)})
     if settings is None:
@@ -139,6 +143,8 @@ def lean_settings(
     engine: WorkerEngine = "warm",
     max_sessions: int = 8,
     lean_args: Sequence[str] = (),
+    max_documents: int = 4,
+    max_document_edits: int = 2000,
 ) -> LeanSettings:
     """A ``LeanSettings`` from friendlier values: paths may be ``PathLike``, sequences any
     sequence. Raises ``ValueError`` for an invalid setting."""
@@ -151,4 +157,6 @@ def lean_settings(
         engine=engine,
         max_sessions=max_sessions,
         lean_args=tuple(lean_args),
+        max_documents=max_documents,
+        max_document_edits=max_document_edits,
     )

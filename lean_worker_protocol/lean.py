@@ -234,6 +234,11 @@ class LeanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     - ``max_sessions``: warm sessions the child keeps; opening one more closes the least
       recently used.
     - ``lean_args``: extra arguments for every Lean process (e.g. ``-DmaxHeartbeats=1000``).
+    - ``max_documents``: session states (``lean_worker_protocol.lean_session``) the child
+      keeps materialized, one ``lean --worker`` each; one more retires the least recently
+      used (it is rebuilt from its value when asked for again).
+    - ``max_document_edits``: edits of one such document before it is retired, which
+      bounds what Lean keeps per edit.
     """
 
     lean: str | None = None
@@ -242,6 +247,8 @@ class LeanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     engine: WorkerEngine = "warm"
     max_sessions: int = 8
     lean_args: tuple[str, ...] = ()
+    max_documents: int = 4
+    max_document_edits: int = 2000
 
     def __post_init__(self) -> None:
         for name in ("lean", "project"):
@@ -252,6 +259,10 @@ class LeanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"LeanSettings.engine must be 'warm' or 'cold'; got {self.engine!r}")
         if not isinstance(self.max_sessions, int) or isinstance(self.max_sessions, bool) or self.max_sessions < 1:
             raise ValueError(f"LeanSettings.max_sessions must be an int >= 1; got {self.max_sessions!r}")
+        for name in ("max_documents", "max_document_edits"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LeanSettings.{name} must be an int >= 1; got {value!r}")
         if not all(isinstance(p, str) and p for p in self.search_path):
             raise ValueError(f"LeanSettings.search_path must hold non-empty path strings; got {self.search_path!r}")
         if not all(isinstance(a, str) for a in self.lean_args):

@@ -39,3 +39,18 @@ class LeanTimeout(LeanError):
         self.limit_s = limit_s
         self.facts = {"limit_s": limit_s}
         super().__init__(f"{message}; limit_s={limit_s:g}")
+
+
+class LeanStateInvalid(LeanError):
+    """A session state this worker cannot use, or a step that names nothing to do.
+
+    ``reason``: ``context_mismatch`` (made by a worker with another toolchain, search path
+    or Lean arguments), ``id_mismatch`` (its id does not match its content), ``bad_hole``
+    (its hole is not a ``sorry`` of its command) or ``empty_tactic``."""
+
+    code = "lean.state_invalid"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        self.facts = {"reason": reason}
+        super().__init__(f"{message}; reason={reason}")

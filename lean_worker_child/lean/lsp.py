@@ -66,6 +66,12 @@ class FileWorker:
         self._lock = threading.Lock()  # guards the stderr tail
         self._responses: dict[int, dict[str, Any]] = {}
         self._diagnostics: dict[int, list[dict[str, Any]]] = {}
+        self._processed = 0
+        """The latest version Lean reported fully processed (``$/lean/fileProgress``, empty)."""
+        self._abandoned: set[int] = set()
+        """Requests whose answer is no longer wanted (dropped when it comes)."""
+        self._barrier: int | None = None
+        """The ``waitForDiagnostics`` of an ``early`` check, not answered yet."""
         self._next_id = 0
         self._stderr: deque[bytes] = deque()
         self._stderr_bytes = 0
@@ -154,7 +160,16 @@ class FileWorker:
     def _dispatch(self, message: dict[str, Any]) -> None:
         method = message.get("method")
         if method is None:
-            self._responses[message.get("id", -1)] = message
+            rid = message.get("id", -1)
+            if rid in self._abandoned:
+                self._abandoned.discard(rid)
+            else:
+                self._responses[rid] = message
+        elif method == "$/lean/fileProgress":
+            params = message["params"]
+            version = params.get("textDocument", {}).get("version")
+            if params.get("processing") == [] and isinstance(version, int):
+                self._processed = max(self._processed, version)
         elif method == "textDocument/publishDiagnostics":
             params = message["params"]
             version = params.get("version")
@@ -187,9 +202,26 @@ class FileWorker:
             return b"".join(self._stderr).decode("utf-8", "replace")
 
     # -- checks -----------------------------------------------------------------------------
-    def check(self, text: str, *, timeout_s: float | None) -> list[dict[str, Any]]:
-        """Elaborate ``text`` as the whole document; return its diagnostics (LSP dicts)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    def check(
+        self, text: str, *, timeout_s: float | None, deadline: float | None = None, early: bool = False
+    ) -> list[dict[str, Any]]:
+        """Elaborate ``text`` as the whole document; return its diagnostics (LSP dicts).
+
+        ``deadline`` (a ``time.monotonic()`` instant), when given, replaces the one
+        ``timeout_s`` sets; ``timeout_s`` is still the limit a ``LeanTimeout`` reports.
+
+        Done when Lean answers ``textDocument/waitForDiagnostics``, which it does only after
+        it has also computed the reference index of the whole file
+        (``$/lean/ileanInfoFinal``): on a 40-command file, two thirds of an edit
+        (architecture/95-sessions.md). With ``early`` (an edit, not the first check), done
+        as soon as Lean has reported this version processed (``$/lean/fileProgress`` with
+        nothing left) and has published its diagnostics at least once: its reporter
+        publishes them while it waits on unfinished snapshots, or once right after the
+        progress if it never waited, so the last one is final. ``settle()`` then waits for
+        the barrier all the same, for a caller that must be sure."""
+        if deadline is None:
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._drop_barrier()
         self.version += 1
         version = self.version
         doc = {"uri": self.uri, "version": version}
@@ -206,7 +238,12 @@ class FileWorker:
                         "params": {"uri": self.uri, "version": version}})
         except OSError:
             raise self._crashed() from None
+        early = early and version > 1  # the first check also reports the header, otherwise
         while rid not in self._responses:
+            if early and self._processed >= version and version in self._diagnostics:
+                self._barrier = rid  # answered later; settle() waits for it
+                self._responses[rid] = {"result": None}
+                break
             if self._eof or not self._pump(deadline):
                 break
         response = self._responses.pop(rid, None)
@@ -221,6 +258,54 @@ class FileWorker:
         if "error" in response:
             raise LeanError(f"Lean file worker refused the check: {response['error']}")
         return diagnostics
+
+    def _drop_barrier(self) -> None:
+        if self._barrier is not None:
+            if self._responses.pop(self._barrier, None) is None:
+                self._abandoned.add(self._barrier)
+            self._barrier = None
+
+    def settle(self, *, deadline: float | None, limit_s: float = 0.0) -> list[dict[str, Any]] | None:
+        """After an ``early`` check: wait for Lean's own barrier of the same version and
+        return the diagnostics it published since, if any (``None``: none changed)."""
+        rid = self._barrier
+        if rid is None:
+            return None
+        while rid not in self._responses:
+            if self._eof or not self._pump(deadline):
+                break
+        self._barrier = None
+        if self._responses.pop(rid, None) is None:
+            if self._eof or not self.alive:
+                raise self._crashed()
+            self.kill()
+            raise LeanTimeout("the Lean file worker did not finish in time; its Lean process was killed", limit_s=limit_s)
+        return self._diagnostics.pop(self.version, None)
+
+    def request(self, method: str, params: dict[str, Any], *, deadline: float | None, limit_s: float = 0.0) -> Any:
+        """Send one request to the file worker and return its ``result``.
+
+        Past ``deadline`` (a ``time.monotonic()`` instant) the process is killed and
+        ``LeanTimeout`` raised with ``limit_s``, as for a check.
+        """
+        self._next_id += 1
+        rid = self._next_id
+        try:
+            self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        except OSError:
+            raise self._crashed() from None
+        while rid not in self._responses:
+            if self._eof or not self._pump(deadline):
+                break
+        response = self._responses.pop(rid, None)
+        if response is None:
+            if self._eof or not self.alive:
+                raise self._crashed()
+            self.kill()
+            raise LeanTimeout(f"{method} did not answer in time; its Lean process was killed", limit_s=limit_s)
+        if "error" in response:
+            raise LeanError(f"Lean file worker refused {method}: {response['error']}")
+        return response.get("result")
 
     def _crashed(self) -> LeanCrashed:
         try:

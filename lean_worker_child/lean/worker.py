@@ -7,7 +7,9 @@ Its one argument is a ``lean_worker_protocol.lean.LeanSettings`` as JSON (the pa
 immutable ``LeanRuntime``: the settings, the toolchain resolved for them and the engines.
 
 Serves ``lean_worker_protocol.lean``: ``lean.check``, ``lean.check_batch``, ``lean.index``
-and ``lean.toolchain``, and the Lean items of ``worker.doctor`` (``lean_doctor``). The
+and ``lean.toolchain``; ``lean_worker_protocol.lean_session``: ``lean.session.start``,
+``run``, ``goals`` and ``apply`` (the ``SessionEngine``); and the Lean items of
+``worker.doctor`` (``lean_doctor``). The
 toolchain is resolved once at start-up
 (``toolchain.resolve_toolchain``); if none is found the worker still starts and every
 command fails with ``lean.toolchain_not_found``, so probes can report it.
@@ -23,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -51,6 +54,21 @@ from lean_worker_protocol.lean import (
     ToolchainReport,
     parse_header,
 )
+from lean_worker_protocol.lean_session import (
+    APPLY,
+    GOALS,
+    RUN,
+    START,
+    ApplyRequest,
+    ApplyResult,
+    GoalsRequest,
+    GoalsResult,
+    RunRequest,
+    RunResult,
+    StartRequest,
+    StartResult,
+    context_id,
+)
 from lean_worker_protocol.probe import DoctorItem
 
 from .. import RequestContext, WorkerApp
@@ -58,6 +76,7 @@ from .engine import ColdEngine, WarmEngine
 from .errors import LeanCrashed, LeanError
 from .fixtures import FixtureError, library_state
 from .provision import cache_dir
+from .session import SessionEngine
 from .toolchain import LEAN_ENV, Toolchain, ToolchainError, resolve_toolchain
 
 app = WorkerApp("lean-worker-lean", version=VERSION)
@@ -76,6 +95,7 @@ class LeanRuntime:
     """What Lean searches: the requested directories, the toolchain's, then ``$LEAN_PATH``."""
     warm: WarmEngine | None = None
     cold: ColdEngine | None = None
+    states: SessionEngine | None = None
 
     @classmethod
     def start(cls, settings: LeanSettings) -> LeanRuntime:
@@ -93,8 +113,19 @@ class LeanRuntime:
         extra = list(settings.lean_args)
         warm = WarmEngine(toolchain.lean, env=env, max_sessions=settings.max_sessions, extra_args=extra)
         cold = ColdEngine(toolchain.lean, env=env, extra_args=extra)
+        context = context_id(toolchain.version, toolchain.commit or "", search_path, extra)
+        states = SessionEngine(
+            toolchain.lean, env=env, context=context, max_documents=settings.max_documents,
+            max_edits=settings.max_document_edits, extra_args=extra,
+        )
         atexit.register(warm.close)
-        return cls(settings, requested, toolchain, None, search_path, warm, cold)
+        atexit.register(states.close)
+        return cls(settings, requested, toolchain, None, search_path, warm, cold, states)
+
+    def session_engine(self) -> SessionEngine:
+        if self.states is None:
+            raise self.toolchain_error or ToolchainError("the Lean worker is not configured")
+        return self.states
 
     def engines(self) -> tuple[WarmEngine, ColdEngine]:
         if self.warm is None or self.cold is None:
@@ -168,6 +199,39 @@ def open_session(request: OpenRequest, ctx: RequestContext) -> SessionInfo:
     finally:
         ctx.charge_imports(warm.imports - before)
     return SessionInfo(list(header.key()), "import" if fresh else "warm", result.elapsed_ms, result.messages)
+
+
+# -- sessions: environments and proof states (lean_worker_protocol.lean_session) ---------------
+
+
+def _charged(ctx: RequestContext, run: Any) -> Any:
+    """Run ``run(engine)`` and charge the documents it opened as imports."""
+    engine = runtime().session_engine()
+    before = engine.imports
+    try:
+        return run(engine)
+    finally:
+        ctx.charge_imports(engine.imports - before)
+
+
+@app.handler(START)
+def session_start(request: StartRequest, ctx: RequestContext) -> StartResult:
+    return _charged(ctx, lambda engine: engine.start(request))
+
+
+@app.handler(RUN)
+def session_run(request: RunRequest, ctx: RequestContext) -> RunResult:
+    return _charged(ctx, lambda engine: engine.run(request))
+
+
+@app.handler(GOALS)
+def session_goals(request: GoalsRequest, ctx: RequestContext) -> GoalsResult:
+    return _charged(ctx, lambda engine: engine.goals(request))
+
+
+@app.handler(APPLY)
+def session_apply(request: ApplyRequest, ctx: RequestContext) -> ApplyResult:
+    return _charged(ctx, lambda engine: engine.apply(request))
 
 
 def _item_error(exc: Exception) -> ItemError:
@@ -295,12 +359,15 @@ def lean_doctor() -> Iterator[DoctorItem]:
     if tc is not None:
         yield _fixtures_item(tc)
     sessions = len(rt.warm.session_pids()) if rt.warm is not None else 0
-    engine, max_sessions = rt.settings.engine, rt.settings.max_sessions
+    documents = len(rt.states.pids()) if rt.states is not None else 0
+    engine, max_sessions, max_documents = rt.settings.engine, rt.settings.max_sessions, rt.settings.max_documents
     yield DoctorItem(
         "lean.engine",
         "ok",
-        f"engine={engine} max_sessions={max_sessions} open_sessions={sessions}",
-        data={"engine": engine, "max_sessions": str(max_sessions), "open_sessions": str(sessions)},
+        f"engine={engine} max_sessions={max_sessions} open_sessions={sessions} "
+        f"max_documents={max_documents} open_documents={documents}",
+        data={"engine": engine, "max_sessions": str(max_sessions), "open_sessions": str(sessions),
+              "max_documents": str(max_documents), "open_documents": str(documents)},
     )
 
 
