@@ -15,6 +15,13 @@
   remembers at most ``keys_per_worker`` keys, least recently used out first (an eviction),
   matching the child's own session limit (``WorkerConfig.session_limit``, which
   ``lean_config`` sets from ``max_sessions``). A worker that restarted has lost its keys.
+- **Warm states.** Stateful work (Lean session states: ``lean_worker.session``) names
+  the warm state it wants as a list of ids, longest prefix first:
+  ``pool.lease(key, prefer=ids)`` goes to the idle worker that has the first of them it
+  can find, and ``lease.remember(ids)`` records what the leased worker now holds. Each
+  worker remembers at most ``states_per_worker`` ids, least recently used out first; a
+  worker that restarted has lost them. A wrong guess costs time (the child rebuilds the
+  state from its value), never a wrong answer.
 - **Memory.** ``rss_budget_bytes`` bounds the pool's total: before a lease, if the workers'
   trees are over it (RSS, confirmed by PSS), idle workers are cycled largest first; if the
   pool is still over, the lease is refused with ``PoolBudgetExceeded``. The per-worker
@@ -81,6 +88,8 @@ SummaryT = TypeVar("SummaryT")
 
 DEFAULT_KEYS_PER_WORKER = 8
 """Keys remembered per worker when the config does not give the child's ``session_limit``."""
+DEFAULT_STATES_PER_WORKER = 4096
+"""Warm state ids remembered per worker (``Lease.remember``): a few documents' chains."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,8 @@ class WorkerSnapshot:
     restart_blocked_s: float = 0.0
     """Seconds until the restart limit lets this worker start a child again; while above 0
     the worker is out of rotation. 0: in rotation."""
+    states: int = 0
+    """Warm state ids remembered (``Lease.remember``)."""
 
 
 @dataclass(frozen=True)
@@ -118,21 +129,27 @@ class PoolSnapshot:
     queue_timeouts: int
     budget_refusals: int
     budget_cycles: int
+    state_hits: int = 0
+    """Leases with ``prefer`` that went to a worker holding one of the preferred states."""
+    state_misses: int = 0
 
 
 @dataclass
 class _Slot:
     index: int
     worker: Worker
+    owner: Pool
     busy: bool = False
     generation: int = 0
     keys: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
+    states: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
     last_used: float = 0.0
 
 
 @dataclass
 class _Waiter:
     key: Hashable | None
+    prefer: tuple[Hashable, ...] = ()
     event: anyio.Event = field(default_factory=anyio.Event)
     slot: _Slot | None = None
     error: PoolError | None = None
@@ -191,6 +208,18 @@ class Lease:
             command, request, timeout=timeout, on_diagnostic=on_diagnostic, on_progress=on_progress
         )
 
+    def remember(self, ids: Iterable[Hashable]) -> None:
+        """Record that the leased worker now holds the states ``ids`` warm (see ``Pool``)."""
+        if not self.valid:
+            return  # its child ended: the states went with it
+        slot = self._slot
+        owner = slot.owner
+        for state in ids:
+            slot.states[state] = None
+            slot.states.move_to_end(state)
+        while len(slot.states) > owner.states_per_worker:
+            slot.states.popitem(last=False)
+
     async def _call_keyed(
         self, command: Call[ReqT, RespT], request: ReqT, keys: tuple[Hashable, ...] | None, timeout: float | None
     ) -> RespT:
@@ -223,6 +252,7 @@ class Pool:
         queue_timeout_s: float | None = 60.0,
         rss_budget_bytes: int | None = None,
         keys_per_worker: int | None = None,
+        states_per_worker: int = DEFAULT_STATES_PER_WORKER,
         clock: Clock | None = None,
         tracer: Tracer | None = None,
     ) -> None:
@@ -232,6 +262,8 @@ class Pool:
             keys_per_worker = config.session_limit or DEFAULT_KEYS_PER_WORKER
         if keys_per_worker < 1:
             raise ValueError(f"keys_per_worker must be >= 1; got {keys_per_worker}")
+        if isinstance(states_per_worker, bool) or not isinstance(states_per_worker, int) or states_per_worker < 1:
+            raise ValueError(f"states_per_worker must be an int >= 1; got {states_per_worker!r}")
         if queue_timeout_s is not None and not queue_timeout_s > 0:
             raise ValueError(f"queue_timeout_s must be positive or None; got {queue_timeout_s}")
         self.config = config
@@ -239,8 +271,10 @@ class Pool:
         self.queue_timeout_s = queue_timeout_s
         self.rss_budget_bytes = rss_budget_bytes
         self.keys_per_worker = keys_per_worker
+        self.states_per_worker = states_per_worker
         self._slots = [
-            _Slot(i, Worker(replace(config, name=f"{config.name}-{i}"), clock=clock, tracer=tracer)) for i in range(size)
+            _Slot(i, Worker(replace(config, name=f"{config.name}-{i}"), clock=clock, tracer=tracer), self)
+            for i in range(size)
         ]
         self._waiters: deque[_Waiter] = deque()
         self._closed = True
@@ -288,9 +322,12 @@ class Pool:
 
     # -- leases -------------------------------------------------------------------------------
     @asynccontextmanager
-    async def lease(self, key: Hashable | None = None) -> AsyncIterator[Lease]:
-        """Lease a worker (warm for ``key`` if one is idle); released when the block ends."""
-        slot = await self._acquire(key)
+    async def lease(self, key: Hashable | None = None, *, prefer: Sequence[Hashable] = ()) -> AsyncIterator[Lease]:
+        """Lease a worker (warm for ``key`` if one is idle); released when the block ends.
+
+        ``prefer``: warm state ids, best first (a state's id, then its prefixes'): an idle
+        worker that remembers one of them (``Lease.remember``) wins over the ``key``."""
+        slot = await self._acquire(key, tuple(prefer))
         try:
             # A planned restart that is due runs now (not during the lease), a worker
             # without a child starts one, and the worker is bound to that child.
@@ -317,18 +354,18 @@ class Pool:
         async with self.lease(key) as lease:
             return await lease._call_keyed(command, request, keys, timeout)
 
-    async def _acquire(self, key: Hashable | None) -> _Slot:
+    async def _acquire(self, key: Hashable | None, prefer: tuple[Hashable, ...] = ()) -> _Slot:
         if self._closed:
             raise PoolClosed("the pool is closed")
         await self._enforce_budget()
         if not self._waiters:
-            slot = self._pick(key)
+            slot = self._pick(key, prefer)
             if slot is not None:
                 return slot
         unavailable = self._unavailable()
         if unavailable is not None:
             raise unavailable
-        waiter = _Waiter(key)
+        waiter = _Waiter(key, prefer)
         self._waiters.append(waiter)
         started = time.monotonic()
         with anyio.move_on_after(math.inf if self.queue_timeout_s is None else self.queue_timeout_s):
@@ -362,17 +399,22 @@ class Pool:
         worker = slot.worker
         if worker.generation != slot.generation:
             slot.keys.clear()
+            slot.states.clear()
             slot.generation = worker.generation
 
-    def _pick(self, key: Hashable | None) -> _Slot | None:
-        """The best idle worker in rotation for ``key`` (marked busy), or ``None``."""
+    def _pick(self, key: Hashable | None, prefer: tuple[Hashable, ...] = ()) -> _Slot | None:
+        """The best idle worker in rotation for ``prefer`` then ``key`` (marked busy), or ``None``."""
         idle = [s for s in self._slots if not s.busy and s.worker.restart_blocked_s() == 0]
         if not idle:
             return None
         for candidate in idle:
             self._refresh(candidate)
-        warm = None if key is None else next((s for s in idle if key in s.keys), None)
-        if key is not None:
+        warm = None
+        if prefer:
+            warm = next((s for state in prefer for s in idle if state in s.states), None)
+            self._counts["state_hits" if warm is not None else "state_misses"] += 1
+        if warm is None and key is not None:
+            warm = next((s for s in idle if key in s.keys), None)
             self._counts["key_hits" if warm is not None else "key_misses"] += 1
         slot = warm if warm is not None else min(idle, key=lambda s: (len(s.keys), s.last_used))
         slot.busy = True
@@ -413,7 +455,7 @@ class Pool:
         slot.last_used = time.monotonic()
         while self._waiters:
             waiter = self._waiters[0]
-            chosen = self._pick(waiter.key)
+            chosen = self._pick(waiter.key, waiter.prefer)
             if chosen is None:
                 break
             self._waiters.popleft()
@@ -547,6 +589,7 @@ class Pool:
             workers.append(WorkerSnapshot(
                 slot.index, slot.worker.generation, slot.busy, slot.worker.pid, list(slot.keys),
                 stats.requests, stats.imports, dict(stats.restarts), rss, slot.worker.restart_blocked_s(),
+                len(slot.states),
             ))
         readings = [w.rss_bytes for w in workers if w.rss_bytes is not None]
         c = self._counts
@@ -564,5 +607,7 @@ class Pool:
             queue_timeouts=c["queue_timeouts"],
             budget_refusals=c["budget_refusals"],
             budget_cycles=c["budget_cycles"],
+            state_hits=c["state_hits"],
+            state_misses=c["state_misses"],
         )
 

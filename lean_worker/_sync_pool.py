@@ -33,7 +33,7 @@ from lean_worker_protocol import Call, Stream
 from ._clock import Clock
 from ._config import WorkerConfig
 from ._errors import PoolClosed
-from ._pool import Lease, Outcome, Pool, PoolSnapshot
+from ._pool import DEFAULT_STATES_PER_WORKER, Lease, Outcome, Pool, PoolSnapshot
 from ._sync import _CLOSED, _END, _NEW, _OPEN, SyncStreamCall, open_portal, this_thread
 from ._worker import DEFAULT, DiagnosticCallback, ProgressCallback, Tracer, Worker, run_as
 
@@ -58,6 +58,7 @@ class SyncPool:
         queue_timeout_s: float | None = 60.0,
         rss_budget_bytes: int | None = None,
         keys_per_worker: int | None = None,
+        states_per_worker: int = DEFAULT_STATES_PER_WORKER,
         clock: Clock | None = None,
         tracer: Tracer | None = None,
         backend: str = "asyncio",
@@ -65,13 +66,14 @@ class SyncPool:
         # Built here, not in start(): bad arguments fail at construction, as with Pool.
         self._pool = Pool(
             config, size, queue_timeout_s=queue_timeout_s, rss_budget_bytes=rss_budget_bytes,
-            keys_per_worker=keys_per_worker, clock=clock, tracer=tracer,
+            keys_per_worker=keys_per_worker, states_per_worker=states_per_worker, clock=clock, tracer=tracer,
         )
         self.config = config
         self.size = size
         self.queue_timeout_s = queue_timeout_s
         self.rss_budget_bytes = rss_budget_bytes
         self.keys_per_worker = self._pool.keys_per_worker
+        self.states_per_worker = self._pool.states_per_worker
         self._backend = backend
         self._state = _NEW
         self._transition = threading.Lock()
@@ -163,10 +165,11 @@ class SyncPool:
 
     # -- requests --------------------------------------------------------------------------------
     @contextmanager
-    def lease(self, key: Hashable | None = None) -> Iterator[SyncLease]:
-        """Lease a worker (warm for ``key`` if one is idle); released when the block ends."""
+    def lease(self, key: Hashable | None = None, *, prefer: Sequence[Hashable] = ()) -> Iterator[SyncLease]:
+        """Lease a worker (warm for ``key`` if one is idle, or holding one of the
+        ``prefer`` states: see ``Pool.lease``); released when the block ends."""
         portal = self._portal_or_raise()
-        wrapped, lease = self._enter(portal, self._pool.lease(key))
+        wrapped, lease = self._enter(portal, self._pool.lease(key, prefer=prefer))
         try:
             yield SyncLease(self, lease)
         except BaseException as exc:
@@ -263,6 +266,11 @@ class SyncLease:
                 timeout=timeout, on_diagnostic=on_diagnostic, on_progress=on_progress,
             ),
         )
+
+    def remember(self, ids: Iterable[Hashable]) -> None:
+        """``Lease.remember``: the leased worker now holds the states ``ids`` warm."""
+        owner = self._owner
+        owner._run(owner._portal_or_raise(), self._lease.remember, tuple(ids))
 
     def stream(
         self,
