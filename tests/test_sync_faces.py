@@ -40,6 +40,7 @@ from lean_worker import (
     WorkerCrashed,
 )
 from lean_worker import SyncLease, SyncPool
+from lean_worker.session import Session, SyncSession
 
 pytestmark = pytest.mark.timeout(60)
 LIMIT_S = 20.0
@@ -95,6 +96,7 @@ FACES: dict[str, Faces] = {
         compare_init=True,
     ),
     "Lease": Faces(),
+    "Session": Faces(compare_init=True),
 }
 
 CONTEXT_PROTOCOLS = [("__aenter__", "__enter__"), ("__aexit__", "__exit__"), ("__aiter__", "__iter__")]
@@ -113,6 +115,7 @@ def instances() -> Iterator[dict[str, tuple[Any, Any]]]:
                 "StreamCall": (Worker(config).stream(ROWS, RowsRequest(n=1)), sync_stream),
                 "Pool": (Pool(config, 1), pool),
                 "Lease": (lease._lease, lease),  # the async Lease the sync one wraps
+                "Session": (Session(Worker(config)), SyncSession(pool)),
             }
 
 
