@@ -23,6 +23,9 @@ README = ROOT / "README.md"
 EXAMPLE_DIR = ROOT / "examples" / "typed_streaming"
 LEAN_EXAMPLE_DIR = ROOT / "examples" / "lean_check"
 LEAN_EXAMPLE = "examples.lean_check.run"
+SEARCH_RECIPE = ROOT / "recipes" / "04-proof-search.md"
+SEARCH_EXAMPLE_DIR = ROOT / "examples" / "proof_search"
+SEARCH_EXAMPLE = "examples.proof_search.run"
 
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 FILE_MARKER = re.compile(r"^# file: (?P<path>\S+)$")
@@ -154,10 +157,32 @@ def test_lean_example_checks_batches_indexes_and_survives_a_crash_and_a_hang(lea
     assert len(timings) == 3, timings
 
 
+def test_proof_search_example_steps_branches_rebuilds_after_a_crash_and_searches(lean_ready) -> None:  # type: ignore[no-untyped-def]
+    out = output_of(SEARCH_EXAMPLE)
+    assert "branch: error Unknown identifier `twice_of`" in out
+    assert "exact h: error: Type mismatch" in out
+    steps = out.index("cases h with: incomplete, 1 goals")
+    assert out[steps : steps + 4] == [
+        "cases h with: incomplete, 1 goals",
+        "constructor: incomplete, 2 goals",
+        "exact hq: incomplete, 1 goals",
+        "exact hp: complete, 0 goals",
+    ]
+    assert "the proof, checked by a fresh lean: verdict=ok" in out
+    assert "after every worker died: materialized=opened same goals=True" in out
+    assert "search nope: no proof within 40 steps" in out
+    assert [line for line in out if line.startswith("search ")][:2] == [
+        "search imp_and: intro h ; constructor ; assumption ; assumption",
+        "search or_right: right ; assumption",
+    ]
+    assert out[-1] == "routing: state_hits=True restarts={'crash': 2}"
+    assert len([line for line in out if re.search(r"\d ms$", line)]) == 1
+
+
 # -- the recipe shows the examples as they are ----------------------------------------------------
 
 
-@pytest.mark.parametrize("doc", [RECIPE, LEAN_RECIPE, README], ids=["recipe", "lean-recipe", "readme"])
+@pytest.mark.parametrize("doc", [RECIPE, LEAN_RECIPE, SEARCH_RECIPE, README], ids=["recipe", "lean-recipe", "search-recipe", "readme"])
 def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
     excerpts = shown_excerpts(doc)
     assert excerpts, f"{doc.name} shows no python code"
@@ -171,7 +196,11 @@ def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
             assert len(starts) == 1, f"a block in {doc.name} naming {path} matches {len(starts)} places; show more lines"
 
 
-@pytest.mark.parametrize(("doc", "example_dir"), [(RECIPE, EXAMPLE_DIR), (LEAN_RECIPE, LEAN_EXAMPLE_DIR)], ids=["recipe", "lean-recipe"])
+@pytest.mark.parametrize(
+    ("doc", "example_dir"),
+    [(RECIPE, EXAMPLE_DIR), (LEAN_RECIPE, LEAN_EXAMPLE_DIR), (SEARCH_RECIPE, SEARCH_EXAMPLE_DIR)],
+    ids=["recipe", "lean-recipe", "search-recipe"],
+)
 def test_recipe_shows_every_line_of_every_example_file(doc: Path, example_dir: Path) -> None:
     excerpts = shown_excerpts(doc)
     example_files = sorted(p.relative_to(ROOT).as_posix() for p in example_dir.glob("*.py") if p.name != "__init__.py")
@@ -205,11 +234,12 @@ def shown_outputs(doc: Path = RECIPE) -> dict[str, list[list[str]]]:
         (RECIPE, "examples.typed_streaming.run_async"),
         (RECIPE, "examples.typed_streaming.run_sync"),
         (LEAN_RECIPE, LEAN_EXAMPLE),
+        (SEARCH_RECIPE, SEARCH_EXAMPLE),
     ],
-    ids=["run_async", "run_sync", "lean_check"],
+    ids=["run_async", "run_sync", "lean_check", "proof_search"],
 )
 def test_recipe_output_blocks_match_a_real_run(doc: Path, module: str, request: pytest.FixtureRequest) -> None:
-    if module == LEAN_EXAMPLE:
+    if module in (LEAN_EXAMPLE, SEARCH_EXAMPLE):
         request.getfixturevalue("lean_ready")
     command = f"python -m {module}"
     shown = shown_outputs(doc).get(command)
