@@ -54,7 +54,7 @@ work had entered the child). Messages start with what failed and carry facts as
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._exit import ExitInfo
 
@@ -77,6 +77,19 @@ class WorkerError(Exception):
     @property
     def stderr_tail(self) -> str:
         return self.exit.stderr_tail if self.exit else ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle by state, not by constructor: most errors take keyword-only facts, which
+        # ``Exception``'s default (``cls(*args)``) drops. A cluster node sends its outcomes'
+        # errors to the driver this way (lean_worker_ray).
+        return (_rebuild_error, (type(self), self.args, self.__dict__))
+
+
+def _rebuild_error(cls: type[WorkerError], args: tuple[Any, ...], state: dict[str, Any]) -> WorkerError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class WorkerClosed(WorkerError):

@@ -131,3 +131,30 @@ def test_the_generic_core_registers_no_lean_code_until_lean_worker_lean_is_impor
     lean_codes = ["lean.bad_header", "lean.crashed", "lean.error", "lean.state_invalid", "lean.timeout",
                   "lean.toolchain_not_found"]
     assert result.stdout.splitlines() == ["[] False", str(lean_codes)]
+
+
+def test_every_error_survives_pickling_with_its_facts() -> None:
+    # A cluster node sends the errors of its outcomes to the driver by pickle (Ray); most
+    # errors take keyword-only facts, which Exception's default pickling cannot rebuild.
+    import pickle
+
+    from lean_worker._errors import LeaseInvalidated, QueueTimeout, RequestTimeout, WorkerCrashed
+    from lean_worker.lean import LeanCrashed, LeanTimeout
+
+    crashed = LeanCrashed(
+        "lean.crashed: boom", operation="lean.check", request_id=7, generation=2, remote_type="LeanCrashed",
+        remote_code="lean.crashed", remote_message="Lean crashed", traceback="tb", facts={"returncode": -11},
+    )
+    errors: list[Exception] = [crashed]
+    for cls in (LeanTimeout, RequestTimeout, WorkerCrashed, QueueTimeout, LeaseInvalidated):
+        error = cls.__new__(cls)
+        Exception.__init__(error, f"{cls.__name__} message")
+        error.__dict__.update(operation="lean.check", request_id=3, generation=1, exit=None)
+        errors.append(error)
+    for error in errors:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error)
+        assert str(back) == str(error)
+        assert back.__dict__ == error.__dict__
+    back = pickle.loads(pickle.dumps(crashed))
+    assert (back.remote_code, back.facts, back.generation) == ("lean.crashed", {"returncode": -11}, 2)
