@@ -67,6 +67,14 @@ class _Command:
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"command name must be a non-empty string; got {self.name!r}")
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A declaration travels to other processes (a cluster node) by pickle; the decoders
+        # it caches do not pickle, and are rebuilt there on first use.
+        return {k: v for k, v in self.__dict__.items() if k not in _CACHED}
+
+
+_CACHED = frozenset({"fingerprint", "request_decoder", "response_decoder", "summary_decoder", "row_decoders"})
+
 
 class Call(_Command, Generic[ReqT, RespT]):
     """A request/response command: one request in, one response out.

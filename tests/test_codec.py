@@ -458,3 +458,19 @@ def test_a_child_announces_the_fingerprints_of_its_declarations() -> None:
         CommandInfo("plot", "call", True, plot.fingerprint, ()),
         CommandInfo("scan", "stream", False, scan.fingerprint, ("decls", "errors")),
     )
+
+
+def test_a_used_declaration_pickles_without_its_cached_decoders() -> None:
+    # A cluster driver sends the declaration with each item (lean_worker_ray); by then the
+    # declaration has built its msgspec decoders, which do not pickle.
+    import pickle
+
+    from lean_worker_protocol.demo import ECHO, PRIMES, Echo
+
+    assert ECHO.request_decoder.decode(msgspec.msgpack.encode(Echo("x"))) == Echo("x")
+    assert PRIMES.row_decoders and PRIMES.summary_decoder and PRIMES.fingerprint
+    for declaration in (ECHO, PRIMES):
+        back = pickle.loads(pickle.dumps(declaration))
+        assert repr(back) == repr(declaration) and back.fingerprint == declaration.fingerprint
+    back = pickle.loads(pickle.dumps(ECHO))
+    assert back.request_decoder.decode(msgspec.msgpack.encode(Echo("y"))) == Echo("y")
