@@ -41,6 +41,7 @@ the summary of what finished and exits 130. Its arguments are declared and check
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import signal
@@ -118,6 +119,17 @@ class VerifyInputError(VerifyError):
         super().__init__(message)
 
 
+class ClusterUnavailableError(VerifyError):
+    """``ray`` was asked for and the cluster cannot run the batch: Ray is not installed, no
+    cluster answers at the address, or no node could start its workers (``cause_code``)."""
+
+    code = "verify.cluster"
+
+    def __init__(self, message: str, *, cause_code: str) -> None:
+        self.cause_code = cause_code
+        super().__init__(message)
+
+
 class FixturesUnavailable(VerifyError):
     """A Lean worker could not build the bundled fixtures (``cause_code``: its error's code)."""
 
@@ -171,6 +183,10 @@ class VerifyResult(msgspec.Struct, frozen=True):
     session: Literal["warm", "import", "cold"] | None = None
     limit: Literal["heartbeats", "memory"] | None = None
     error: ResultError | None = None
+    node: str | None = None
+    """On a Ray cluster (``VerifyOptions.ray``): the id of the node that ran it."""
+    retried: int | None = None
+    """On a Ray cluster: how often it was sent again because its node died under it."""
 
     def to_builtins(self) -> dict[str, Any]:
         """The JSON object ``lean-worker verify`` writes: fields that are ``None`` are left
@@ -192,6 +208,10 @@ class VerifyResult(msgspec.Struct, frozen=True):
             record["session"] = self.session
         if self.limit is not None:
             record["limit"] = self.limit
+        if self.node is not None:
+            record["node"] = self.node
+        if self.retried:
+            record["retried"] = self.retried
         if self.error is not None:
             facts = {k: v for k, v in self.error.facts.items() if k not in ("code", "message")}
             record["error"] = {"code": self.error.code, "message": self.error.message, **facts}
@@ -212,6 +232,30 @@ class VerifyResult(msgspec.Struct, frozen=True):
         return msgspec.convert(data, cls)
 
 
+class NodeSummary(msgspec.Struct, frozen=True):
+    """One node of a Ray cluster run (``VerifySummary.nodes``)."""
+
+    node: str
+    hostname: str
+    workers: int
+    requests: int
+    """Requests this node answered: the batch's checks and verify's own (toolchain, fixtures)."""
+    imports: int
+    hit_rate: float
+    """Its pool's warm-key hits over all its leases with a key."""
+    lost_items: int
+    """Items in flight here when the node (or its supervisor) died; each was sent again."""
+    out: str | None = None
+    """Why the node takes no work (``actor_died``, ``node_gone``, ``start_failed: ...``)."""
+
+    def render(self) -> str:
+        text = (f"{self.node[:12]} {self.hostname}: workers={self.workers} requests={self.requests} "
+                f"imports={self.imports} hit_rate={self.hit_rate:.2f}")
+        if self.lost_items:
+            text += f" lost={self.lost_items}"
+        return text + (f" out={self.out}" if self.out else "")
+
+
 class VerifySummary(msgspec.Struct, frozen=True):
     """What a batch did; ``render()`` is the table ``lean-worker verify`` prints."""
 
@@ -226,6 +270,10 @@ class VerifySummary(msgspec.Struct, frozen=True):
     restarts: dict[str, int]
     workers: int
     elapsed_s: float
+    nodes: list[NodeSummary] = []
+    """On a Ray cluster: one entry per node that was ever used."""
+    retried: int = 0
+    """On a Ray cluster: items sent again because their node died under them."""
 
     @property
     def complete(self) -> bool:
@@ -240,6 +288,9 @@ class VerifySummary(msgspec.Struct, frozen=True):
         rows.append(("imports", str(self.imports)))
         rows.append(("restarts", ", ".join(f"{k}={v}" for k, v in sorted(self.restarts.items())) or "0"))
         rows.append(("workers", str(self.workers)))
+        if self.nodes:
+            rows += [(f"  node {i}", n.render()) for i, n in enumerate(self.nodes)]
+            rows.append(("retried", str(self.retried)))
         rows.append(("elapsed", f"{self.elapsed_s:.2f} s"))
         rate = f"{self.done / self.elapsed_s:.1f} snippets/s" if self.elapsed_s > 0 else "-"
         rows.append(("throughput", rate))
@@ -278,11 +329,19 @@ class VerifyOptions:
     rss_ceiling_bytes: int | None = None
     lean_memory_mb: int | None = None
     """Lean's own memory limit per Lean process (``lean -M``)."""
+    ray: str | None = None
+    """Run on a Ray cluster at this address (``"auto"``, ``"HOST:PORT"``) instead of a local
+    pool: one supervisor per node owns that node's workers (``lean_worker_ray``; needs
+    ``pip install 'lean-worker[ray]'``). ``workers`` is then ignored."""
+    workers_per_node: int | None = None
+    """With ``ray``: workers per node (default: the node's CPUs)."""
 
     def __post_init__(self) -> None:
         _at_least_one("workers", self.workers, optional=False)
         _at_least_one("max_sessions", self.max_sessions, optional=False)
-        for name in ("max_imports", "max_requests", "rss_ceiling_bytes", "lean_memory_mb"):
+        if self.ray is not None and (not isinstance(self.ray, str) or not self.ray.strip()):
+            raise VerifyOptionError("ray", self.ray, "a Ray address ('auto' or 'HOST:PORT') or None")
+        for name in ("max_imports", "max_requests", "rss_ceiling_bytes", "lean_memory_mb", "workers_per_node"):
             _at_least_one(name, getattr(self, name))
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int | float) or not (
             math.isfinite(self.timeout_s) and self.timeout_s > 0
@@ -428,6 +487,8 @@ def _result(item: _Item, outcome: Outcome[CheckRequest, CheckResult]) -> VerifyR
     common: dict[str, Any] = dict(
         id=item.id, index=item.index, line=item.line, duplicate_of=item.duplicate_of,
         worker=outcome.worker, generation=outcome.generation,
+        # A ClusterOutcome (lean_worker_ray) also says where it ran and how often it was resent.
+        node=getattr(outcome, "node", None) or None, retried=getattr(outcome, "retried", 0) or None,
     )
     value = outcome.value
     if value is not None:
@@ -463,8 +524,9 @@ class VerifyRun:
         self.workers = min(max_workers, max(1, len(self._checkable)))
         """Pool size: at most one worker per snippet to check."""
         self._outcomes: MemoryObjectReceiveStream[Outcome[Any, Any]] | None = None
-        self._pool: Pool | None = None
-        self._snapshot: PoolSnapshot | None = None
+        self._pool: Any = None
+        """A ``Pool``, or a ``lean_worker_ray.ClusterPool`` (whose snapshot is awaited)."""
+        self._stats: _Stats | None = None
         self._started = time.monotonic()
         self._ended: float | None = None
         self._verdicts: Counter[str] = Counter()
@@ -496,7 +558,7 @@ class VerifyRun:
         try:
             outcome = await self._outcomes.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            self._finish()
+            await self._finish()
             raise StopAsyncIteration from None
         return self._count(_result(self._checkable[outcome.index], outcome))
 
@@ -506,28 +568,64 @@ class VerifyRun:
             self._errors[result.error.code] += 1
         return result
 
-    def _finish(self) -> None:
-        if self._pool is not None and self._ended is None:
-            self._snapshot = self._pool.snapshot()
+    async def _finish(self) -> None:
         if self._ended is None:
             self._ended = time.monotonic()
+            if self._pool is not None:
+                with anyio.CancelScope(shield=True):
+                    self._stats = await _stats_of(self._pool)
         self._outcomes = None
 
     @property
     def summary(self) -> VerifySummary:
-        """What finished so far (all of it once the iteration ended)."""
-        snap = self._snapshot if self._snapshot is not None else (self._pool.snapshot() if self._pool else None)
+        """What finished so far (all of it once the iteration ended). On a cluster, the
+        counts of the pools are read when the batch ends."""
+        stats = self._stats
+        if stats is None and isinstance(self._pool, Pool):
+            stats = _pool_stats(self._pool.snapshot())
+        stats = stats or _Stats(0, {}, [], 0)
         ended = self._ended if self._ended is not None else time.monotonic()
         return VerifySummary(
             snippets=self.total,
             done=self.done,
             verdicts=dict(self._verdicts),
             errors=dict(self._errors),
-            imports=sum(w.imports for w in snap.workers) if snap else 0,
-            restarts=dict(snap.restarts) if snap else {},
+            imports=stats.imports,
+            restarts=stats.restarts,
             workers=self.workers,
             elapsed_s=ended - self._started,
+            nodes=stats.nodes,
+            retried=stats.retried,
         )
+
+
+@dataclass(frozen=True)
+class _Stats:
+    imports: int
+    restarts: dict[str, int]
+    nodes: list[NodeSummary]
+    retried: int
+
+
+def _pool_stats(snap: PoolSnapshot) -> _Stats:
+    return _Stats(sum(w.imports for w in snap.workers), dict(snap.restarts), [], 0)
+
+
+async def _stats_of(pool: Any) -> _Stats:
+    if isinstance(pool, Pool):
+        return _pool_stats(pool.snapshot())
+    snap = await pool.snapshot()  # a lean_worker_ray.ClusterSnapshot
+    nodes = []
+    for node in snap.nodes:
+        own = node.pool
+        hits, misses = (own.key_hits, own.key_misses) if own else (0, 0)
+        nodes.append(NodeSummary(
+            node.node_id, node.hostname, node.workers, node.items,
+            sum(w.imports for w in own.workers) if own else 0,
+            hits / (hits + misses) if hits + misses else 0.0, node.lost_items, node.out,
+        ))
+    imports = sum(n.imports for n in nodes)
+    return _Stats(imports, dict(snap.restarts), nodes, snap.retried)
 
 
 async def build_fixtures(
@@ -559,12 +657,23 @@ async def verify_snippets(
     ``async with verify_snippets(path, VerifyOptions(workers=4)) as run: async for r in run``
     yields a ``VerifyResult`` per item as it finishes; ``run.summary`` says what finished.
     Raises, before the batch: ``VerifyInputError``, ``FixturesUnavailable``,
-    ``ToolchainNotFound``, or the pool's start-up errors.
+    ``ToolchainNotFound``, ``ClusterUnavailableError`` (with ``ray``), or the pool's
+    start-up errors.
     """
     options = options or VerifyOptions()
     _source_required(source, options)
     keyed = options.engine != "cold"
     items = None if source is None else await anyio.to_thread.run_sync(_load, source, keyed)
+    if options.ray is not None:
+        async with _open_cluster(options) as cluster:
+            if items is None:  # --fixtures alone: the bundled snippets, where a node found them
+                report = await cluster.call(FIXTURES, FixturesRequest())
+                items = await anyio.to_thread.run_sync(_load, report.snippets_dir, keyed)
+            run = VerifyRun(items, options.workers)
+            run.workers = (await cluster.snapshot()).workers
+            async with _batch_on(cluster, run, options) as running:
+                yield running
+        return
     extra: list[str] = []
     if options.fixtures:
         report = await build_fixtures(lean=options.lean, project=options.project)
@@ -573,30 +682,69 @@ async def verify_snippets(
             items = await anyio.to_thread.run_sync(_load, report.snippets_dir, keyed)
     assert items is not None
     run = VerifyRun(items, options.workers)
+    async with Pool(options.worker_config(extra), size=run.workers) as pool:
+        async with _batch_on(pool, run, options) as running:
+            yield running
+
+
+@asynccontextmanager
+async def _batch_on(pool: Any, run: VerifyRun, options: VerifyOptions) -> AsyncIterator[VerifyRun]:
+    """The batch on an open ``Pool`` or ``ClusterPool`` (the same ``call``/``map`` shape)."""
     requests = [CheckRequest(i.code or "", id=i.id, timeout_s=options.timeout_s) for i in run._checkable]
     keys = [i.keys for i in run._checkable]
     thrown: BaseException | None = None
-    async with Pool(options.worker_config(extra), size=run.workers) as pool:
-        run._pool = pool
+    run._pool = pool
+    try:
+        await pool.call(TOOLCHAIN, ToolchainQuery())  # fail once, not once per snippet
         try:
-            await pool.call(TOOLCHAIN, ToolchainQuery())  # fail once, not once per snippet
-            try:
-                async with pool.map(CHECK, requests, keys=keys) as outcomes:
-                    run._outcomes = outcomes
-                    try:
-                        yield run
-                    except BaseException as exc:
-                        thrown = exc
-                        raise
-            except BaseExceptionGroup as group:
-                # The map's task group wraps what the caller's block raised; give it back as
-                # itself (raised below, outside this handler, so that its context stays its own).
-                if thrown is None or list(group.exceptions) != [thrown]:
+            async with pool.map(CHECK, requests, keys=keys) as outcomes:
+                run._outcomes = outcomes
+                try:
+                    yield run
+                except BaseException as exc:
+                    thrown = exc
                     raise
-        finally:
-            run._finish()
+        except BaseExceptionGroup as group:
+            # The map's task group wraps what the caller's block raised; give it back as
+            # itself (raised below, outside this handler, so that its context stays its own).
+            if thrown is None or list(group.exceptions) != [thrown]:
+                raise
+    finally:
+        await run._finish()
     if thrown is not None:
         raise thrown
+
+
+async def node_config(options: VerifyOptions) -> WorkerConfig:
+    """The worker config of one cluster node, computed on that node: with ``fixtures``, the
+    bundled library is built there, for that node's toolchain, and put on the search path."""
+    extra: list[str] = []
+    if options.fixtures:
+        extra.append((await build_fixtures(lean=options.lean, project=options.project)).library_root)
+    return options.worker_config(extra)
+
+
+@asynccontextmanager
+async def _open_cluster(options: VerifyOptions) -> AsyncIterator[Any]:
+    """A ``lean_worker_ray.ClusterPool`` for ``options`` (Ray is imported only here)."""
+    try:
+        from lean_worker_ray import ClusterError, ClusterPool
+    except ImportError as exc:
+        raise ClusterUnavailableError(
+            f"--ray needs Ray, which is not installed here: pip install 'lean-worker[ray]' ({exc.name or exc})",
+            cause_code="ray.not_installed",
+        ) from None
+    cluster = ClusterPool(
+        functools.partial(node_config, options), address=options.ray, workers_per_node=options.workers_per_node,
+    )
+    try:
+        await cluster.__aenter__()
+    except ClusterError as exc:
+        raise ClusterUnavailableError(f"{exc.code}: {exc}", cause_code=exc.code) from None
+    try:
+        yield cluster
+    finally:
+        await cluster.__aexit__(None, None, None)
 
 
 @contextmanager
@@ -686,7 +834,9 @@ class Progress:
 
 def options_from_args(args: argparse.Namespace) -> VerifyOptions:
     return VerifyOptions(
-        workers=args.workers,
+        workers=args.workers or os.cpu_count() or 1,
+        ray=args.ray,
+        workers_per_node=args.workers if args.ray else None,
         timeout_s=args.timeout,
         lean=args.lean,
         project=args.project,

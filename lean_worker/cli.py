@@ -298,8 +298,12 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                         help="check against the bundled library, which a Lean worker builds for its toolchain "
                              "(and, with no SNIPPETS, check the bundled snippets)")
     verify.add_argument("-o", "--output", default="-", type=_writable, help="where JSONL results go (default: stdout)")
-    verify.add_argument("-j", "--workers", type=_at_least_one, default=os.cpu_count() or 1,
-                        help="pool size (default: CPU count)")
+    verify.add_argument("-j", "--workers", type=_at_least_one, default=None,
+                        help="pool size (default: the number of CPUs); with --ray, workers per node "
+                             "(default: each node's CPUs)")
+    verify.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                        help="run on a Ray cluster: one supervisor per node owns that node's workers "
+                             "(needs pip install 'lean-worker[ray]'; 'auto' finds the local cluster)")
     _timeout_argument(verify, "seconds per snippet; past it that snippet's Lean process is killed")
     _lean_arguments(verify)
     verify.add_argument("--max-imports", type=_at_least_one, help="replace a worker before its next fresh import after this many")

@@ -20,15 +20,22 @@ Errors before the batch (all ``WorkerError``s)::
     VerifyError              verify.error
     ├── VerifyOptionError    verify.bad_option       an option out of range (also a ValueError)
     ├── VerifyInputError     verify.bad_input        the snippets cannot be read
-    └── FixturesUnavailable  verify.fixtures_failed  a Lean worker could not build the fixtures
+    ├── FixturesUnavailable  verify.fixtures_failed  a Lean worker could not build the fixtures
+    └── ClusterUnavailableError  verify.cluster      ``ray``: Ray missing, no cluster, no node started
     ToolchainNotFound        lean.toolchain_not_found  (from lean_worker.lean), asked once
 
 A snippet that fails during the batch is a ``VerifyResult`` with ``verdict="failed"`` and
 ``error`` set, never an exception.
+
+With ``VerifyOptions(ray="auto")`` (``lean-worker verify --ray auto``) the batch runs on a Ray
+cluster (``lean_worker_ray``): the same results, each with the ``node`` that ran it, and a
+summary with one line per node (``VerifySummary.nodes``).
 """
 
 from ._verify import (
+    ClusterUnavailableError,
     FixturesUnavailable,
+    NodeSummary,
     ResultError,
     Snippet,
     SyncVerifyRun,
@@ -45,7 +52,9 @@ from ._verify import (
 )
 
 __all__ = [
+    "ClusterUnavailableError",
     "FixturesUnavailable",
+    "NodeSummary",
     "ResultError",
     "Snippet",
     "SyncVerifyRun",
