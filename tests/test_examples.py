@@ -26,6 +26,9 @@ LEAN_EXAMPLE = "examples.lean_check.run"
 SEARCH_RECIPE = ROOT / "recipes" / "04-proof-search.md"
 SEARCH_EXAMPLE_DIR = ROOT / "examples" / "proof_search"
 SEARCH_EXAMPLE = "examples.proof_search.run"
+CLUSTER_RECIPE = ROOT / "recipes" / "05-ray-cluster.md"
+CLUSTER_EXAMPLE_DIR = ROOT / "examples" / "cluster"
+CLUSTER_EXAMPLE = "examples.cluster.run"
 
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 FILE_MARKER = re.compile(r"^# file: (?P<path>\S+)$")
@@ -182,7 +185,10 @@ def test_proof_search_example_steps_branches_rebuilds_after_a_crash_and_searches
 # -- the recipe shows the examples as they are ----------------------------------------------------
 
 
-@pytest.mark.parametrize("doc", [RECIPE, LEAN_RECIPE, SEARCH_RECIPE, README], ids=["recipe", "lean-recipe", "search-recipe", "readme"])
+@pytest.mark.parametrize(
+    "doc", [RECIPE, LEAN_RECIPE, SEARCH_RECIPE, CLUSTER_RECIPE, README],
+    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe", "readme"],
+)
 def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
     excerpts = shown_excerpts(doc)
     assert excerpts, f"{doc.name} shows no python code"
@@ -198,8 +204,9 @@ def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
 
 @pytest.mark.parametrize(
     ("doc", "example_dir"),
-    [(RECIPE, EXAMPLE_DIR), (LEAN_RECIPE, LEAN_EXAMPLE_DIR), (SEARCH_RECIPE, SEARCH_EXAMPLE_DIR)],
-    ids=["recipe", "lean-recipe", "search-recipe"],
+    [(RECIPE, EXAMPLE_DIR), (LEAN_RECIPE, LEAN_EXAMPLE_DIR), (SEARCH_RECIPE, SEARCH_EXAMPLE_DIR),
+     (CLUSTER_RECIPE, CLUSTER_EXAMPLE_DIR)],
+    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe"],
 )
 def test_recipe_shows_every_line_of_every_example_file(doc: Path, example_dir: Path) -> None:
     excerpts = shown_excerpts(doc)
@@ -235,11 +242,12 @@ def shown_outputs(doc: Path = RECIPE) -> dict[str, list[list[str]]]:
         (RECIPE, "examples.typed_streaming.run_sync"),
         (LEAN_RECIPE, LEAN_EXAMPLE),
         (SEARCH_RECIPE, SEARCH_EXAMPLE),
+        (CLUSTER_RECIPE, CLUSTER_EXAMPLE),
     ],
-    ids=["run_async", "run_sync", "lean_check", "proof_search"],
+    ids=["run_async", "run_sync", "lean_check", "proof_search", "cluster"],
 )
 def test_recipe_output_blocks_match_a_real_run(doc: Path, module: str, request: pytest.FixtureRequest) -> None:
-    if module in (LEAN_EXAMPLE, SEARCH_EXAMPLE):
+    if module in (LEAN_EXAMPLE, SEARCH_EXAMPLE, CLUSTER_EXAMPLE):
         request.getfixturevalue("lean_ready")
     command = f"python -m {module}"
     shown = shown_outputs(doc).get(command)
