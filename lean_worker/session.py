@@ -89,6 +89,14 @@ def _learned_apply(request: ApplyRequest, result: ApplyResult) -> list[str]:
     return (result.state or request.state).chain()
 
 
+def _learned_start(result: StartResult) -> list[str]:
+    return result.env.chain()
+
+
+def _learned_goals(request: GoalsRequest, result: GoalsResult) -> list[str]:
+    return request.state.chain()
+
+
 def _check_retries(retries: int) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0; got {retries!r}")
@@ -110,8 +118,9 @@ class Session:
         lean_timeout_s: float | None = None,
         retries: int = 1,
     ) -> None:
-        if not isinstance(target, Worker | Pool):
-            raise TypeError(f"Session runs on a Worker or a Pool; got {type(target).__name__} (SyncSession for the sync ones)")
+        if not isinstance(target, Worker | Pool) and not callable(getattr(target, "call_stateful", None)):
+            raise TypeError(f"Session runs on a Worker, a Pool or a lean_worker_ray.ClusterPool; got "
+                            f"{type(target).__name__} (SyncSession for the sync ones)")
         _check_retries(retries)
         self.target = target
         self.timeout = timeout
@@ -143,6 +152,10 @@ class Session:
         target = self.target
         if isinstance(target, Worker):
             return await target.call(command, request, timeout=self.timeout)
+        if not isinstance(target, Pool):  # a cluster: it routes, remembers and resends itself
+            return await target.call_stateful(  # type: ignore[no-any-return]
+                command, request, prefer=prefer[::-1], learned=learned, timeout=self.timeout,
+            )
         keys = session_keys_of(command, request)
         async with target.lease(keys[0] if keys else None, prefer=prefer[::-1]) as lease:
             result = await lease._call_keyed(command, request, keys, self.timeout)
@@ -158,7 +171,7 @@ class Session:
     async def start_result(self, header: str) -> StartResult:
         """``start`` with Lean's warnings about the header and where it was materialized."""
         request = StartRequest(header, self.lean_timeout_s)
-        return await self._call(START, request, [], lambda r: r.env.chain())
+        return await self._call(START, request, [], _learned_start)
 
     async def run(self, env: Env, command: str) -> RunResult:
         """Run ``command`` (one or more Lean commands) in ``env``: the new environment, the
@@ -184,7 +197,7 @@ class Session:
 
     async def goals_result(self, state: ProofState) -> GoalsResult:
         request = GoalsRequest(state, self.lean_timeout_s)
-        return await self._call(GOALS, request, state.chain(), lambda r: state.chain())
+        return await self._call(GOALS, request, state.chain(), partial(_learned_goals, request))
 
     async def apply(self, state: ProofState, tactic: str) -> ApplyResult:
         """Apply ``tactic`` to the main goal of ``state``: ``complete``, ``incomplete`` (the

@@ -22,6 +22,9 @@
   are in flight per node: the driver awaits the replies of the chunks it sent (the asyncio
   face of ``ray.wait``) before it sends more, so no queue of object refs grows with the
   batch, and the outcomes go to a bounded stream the caller reads.
+- **Sessions.** ``call_stateful`` serves ``lean_worker.session.Session``: a request goes to
+  the node that remembers the longest prefix of its state warm, whose pool picks the worker
+  the same way (``Pool.lease(prefer=)``); both remember what the request left warm.
 - **Faults.** An item whose node (or actor) dies under it is sent again to another node, at
   the head of the line; its outcome says how often (``retried``). A check is a pure
   function of its text, so this is safe; each item still gets exactly one outcome. After
@@ -35,7 +38,7 @@ import asyncio
 import socket
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic
@@ -46,7 +49,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lean_worker import DEFAULT, Call, Outcome, PoolSnapshot, WorkerError
-from lean_worker._pool import DEFAULT_KEYS_PER_WORKER, ReqT, RespT
+from lean_worker._pool import DEFAULT_KEYS_PER_WORKER, DEFAULT_STATES_PER_WORKER, ReqT, RespT
 from lean_worker._worker import check_timeout, session_keys_of
 
 from ._errors import ClusterError, ClusterUnavailable, ClusterUnreachable, NodeLost
@@ -100,6 +103,11 @@ class ClusterSnapshot:
     total_rss_bytes: int | None
     queue_depth: int
     """Items waiting for a worker inside the node pools."""
+    warm_keys: int = 0
+    """Warm session keys over every node's workers."""
+    state_hits: int = 0
+    """Stateful requests (``call_stateful``) sent to a node that held one of their states."""
+    state_misses: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -124,6 +132,8 @@ class _Node:
     lost_items: int = 0
     starts: int = 0
     keys: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
+    states: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
+    """Warm session state ids (``call_stateful``), least recently used first."""
     pool: PoolSnapshot | None = None
 
     @property
@@ -334,6 +344,7 @@ class ClusterPool:
         node.ready = True
         node.out = None
         node.keys.clear()
+        node.states.clear()
 
     def _lose(self, node: _Node, why: str) -> None:
         if node.ready or node.out is None:
@@ -341,6 +352,7 @@ class ClusterPool:
         self._kill(node)
         node.out = why
         node.keys.clear()
+        node.states.clear()
 
     # -- routing -------------------------------------------------------------------------------
     def _capacity(self, node: _Node) -> int:
@@ -380,6 +392,84 @@ class ClusterPool:
                     raise outcome.error
                 return outcome.value  # type: ignore[return-value]
         raise ClusterError(f"{command.name}: the cluster gave no outcome")  # not reached
+
+    async def call_stateful(
+        self,
+        command: Call[ReqT, RespT],
+        request: ReqT,
+        *,
+        prefer: Sequence[Hashable] = (),
+        learned: Callable[[RespT], Iterable[Hashable]],
+        timeout: float | None = DEFAULT,
+    ) -> RespT:
+        """One stateful request (``lean_worker.session.Session`` on a cluster): to the node
+        that holds the first of ``prefer`` (state ids, best first) warm, else as ``map``
+        routes; that node's pool picks its worker the same way, and both remember what
+        ``learned(result)`` says the worker now holds. Sent again to another node when its
+        node dies (at most ``max_attempts`` times, then ``NodeLost``); a ``WorkerError`` is
+        raised. One request is not held back by ``in_flight_per_worker``.
+
+        ``learned`` runs on the node too: it must pickle (a module-level function or a
+        ``functools.partial`` of one)."""
+        check_timeout(timeout)
+        if not self._open:
+            raise ClusterError("the cluster pool is not open: use `async with ClusterPool(...)`")
+        keys = session_keys_of(command, request) or ()
+        wire_timeout = "default" if timeout is DEFAULT else timeout
+        preferred = tuple(prefer)
+        for attempt in range(1, self.max_attempts + 1):
+            node = self._route_state(keys, preferred)
+            if node is None:
+                await self._refresh()
+                node = self._route_state(keys, preferred)
+                if node is None:
+                    why = {n.node_id: n.out or "?" for n in self._nodes.values()}
+                    raise ClusterUnavailable("no Ray node is left to run this request", nodes=why)
+            node.in_flight += 1
+            ref = node.actor.call_stateful.remote(command, request, keys, preferred, learned, wire_timeout)
+            try:
+                value, error, _, _, _ = await ref
+            except asyncio.CancelledError:
+                ray.cancel(ref)
+                raise
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError):
+                node.lost_items += 1
+                if node.ready:
+                    self._lose(node, "actor_died")
+                self._counts["retried"] += 1
+                continue
+            finally:
+                node.in_flight -= 1
+            node.items += 1
+            self._counts["items"] += 1
+            if error is not None:
+                raise error
+            self._remember(node, learned(value))
+            return value  # type: ignore[no-any-return]
+        raise NodeLost(f"{command.name}: the request's node died under it {self.max_attempts} times",
+                       attempts=self.max_attempts)
+
+    def _route_state(self, keys: tuple[Hashable, ...], prefer: tuple[Hashable, ...]) -> _Node | None:
+        ready = self._ready_nodes()
+        if not ready:
+            return None
+        for state in prefer:
+            holders = [n for n in ready if state in n.states]
+            if holders:
+                self._counts["state_hits"] += 1
+                return min(holders, key=lambda n: n.load)
+        if prefer:
+            self._counts["state_misses"] += 1
+        return self._route(keys) or min(ready, key=lambda n: n.load)
+
+    def _remember(self, node: _Node, ids: Iterable[Hashable]) -> None:
+        if not node.ready:
+            return
+        for state in ids:
+            node.states[state] = None
+            node.states.move_to_end(state)
+        while len(node.states) > node.workers * DEFAULT_STATES_PER_WORKER:
+            node.states.popitem(last=False)
 
     @asynccontextmanager
     async def map(
@@ -567,7 +657,7 @@ class ClusterPool:
         await asyncio.gather(*(self._read_snapshot(n) for n in self._ready_nodes()))
         nodes = []
         restarts: Counter[str] = Counter()
-        hits = misses = queued = 0
+        hits = misses = queued = warm = 0
         rss: list[int] = []
         for node in self._nodes.values():
             pool = node.pool
@@ -576,6 +666,7 @@ class ClusterPool:
                 hits += pool.key_hits
                 misses += pool.key_misses
                 queued += pool.queue_depth if node.ready else 0
+                warm += pool.warm_keys if node.ready else 0
                 if pool.total_rss_bytes is not None and node.ready:
                     rss.append(pool.total_rss_bytes)
             nodes.append(NodeSnapshot(
@@ -587,4 +678,5 @@ class ClusterPool:
             nodes=nodes, items=self._counts["items"], retried=self._counts["retried"],
             in_flight=sum(n.in_flight for n in self._nodes.values()), key_hits=hits, key_misses=misses,
             restarts=dict(restarts), total_rss_bytes=sum(rss) if rss else None, queue_depth=queued,
+            warm_keys=warm, state_hits=self._counts["state_hits"], state_misses=self._counts["state_misses"],
         )

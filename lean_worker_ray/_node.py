@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable, Hashable
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,33 @@ class NodeSupervisor:
             return outcome.value, outcome.error, outcome.worker, outcome.generation, outcome.elapsed_s
 
         return list(await asyncio.gather(*(one(request, keys) for request, keys in items)))
+
+    async def call_stateful(
+        self,
+        command: Any,
+        request: Any,
+        keys: tuple[Hashable, ...],
+        prefer: tuple[Hashable, ...],
+        learned: Callable[[Any], Iterable[Hashable]],
+        timeout: float | str | None,
+    ) -> Reply:
+        """One stateful request (a Lean session's): leased from the worker of this node that
+        holds one of the ``prefer`` states warm, which then remembers what ``learned`` says
+        it holds (``Pool.lease(prefer=)``, ``Lease.remember``). Errors are returned."""
+        pool = self._pool
+        assert pool is not None, "start() first"
+        command = self._commands.setdefault(command.fingerprint, command)
+        limit = DEFAULT if timeout == "default" else timeout
+        started = time.perf_counter()
+        worker, generation = -1, 0
+        try:
+            async with pool.lease(keys[0] if keys else None, prefer=prefer) as lease:
+                worker, generation = lease.index, lease.generation
+                value = await lease._call_keyed(command, request, keys, limit)
+                lease.remember(learned(value))
+        except WorkerError as exc:
+            return None, exc, worker, generation, time.perf_counter() - started
+        return value, None, worker, generation, time.perf_counter() - started
 
     async def snapshot(self) -> PoolSnapshot | None:
         return None if self._pool is None else self._pool.snapshot()

@@ -31,6 +31,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from lean_worker import Pool, WorkerConfig  # noqa: E402
 from lean_worker.lean import CHECK, CheckRequest, lean_config  # noqa: E402
+from lean_worker.session import Session  # noqa: E402
 from lean_worker_ray import ClusterError, ClusterOutcome, ClusterPool, ClusterUnavailable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,6 +240,39 @@ async def wait_until_dead(node_id: str) -> None:
     with anyio.fail_after(60):
         while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
             await anyio.sleep(0.2)
+
+
+async def test_a_session_on_the_cluster_follows_its_states_and_outlives_their_node(cluster, config) -> None:  # type: ignore[no-untyped-def]
+    nodes = [cluster.add_node(num_cpus=1, resources={"lw_sess": 1}) for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        async with ClusterPool(config, node_resource="lw_sess", refresh_s=0.5) as cp:
+            session = Session(cp)
+            env = await session.start("prelude\nimport LwFix.Tactic\n")
+            hole = await session.prove(env, "theorem t (p q : Prop) (hp : p) (hq : q) : And p q")
+            first = await session.apply(hole.state, "constructor")
+            second = await session.apply(first.state, "exact hp")
+            assert (first.status, second.status, second.materialized) == ("incomplete", "incomplete", "edited")
+            snapshot = note(await cp.snapshot())
+            # Every request after the first went where its state was warm: one node did it all.
+            assert (snapshot.state_hits, snapshot.state_misses) == (3, 0)
+            holder = next(n for n in snapshot.nodes if n.items)
+            assert [n.items for n in snapshot.nodes if n is not holder] == [0]
+
+            # The node that holds the proof goes; the state is a value, and the other node
+            # rebuilds it and finishes the proof.
+            victim = next(n for n in nodes if n.node_id == holder.node_id)
+            cluster.remove_node(victim, allow_graceful=False)
+            os.kill(holder.pid, signal.SIGKILL)
+            await wait_until_dead(victim.node_id)
+            third = await session.apply(second.state, "exact hq")
+            assert (third.status, third.materialized, third.goals) == ("complete", "opened", [])
+            after = note(await cp.snapshot())
+            assert [n.items for n in after.nodes if n.node_id != holder.node_id] == [1]
+    finally:
+        for node in nodes:
+            if node in cluster.worker_nodes:
+                cluster.remove_node(node, allow_graceful=False)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
