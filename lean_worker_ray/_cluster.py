@@ -202,6 +202,8 @@ class ClusterPool:
         self.node_resource = node_resource
         self.pool_options = dict(pool_options or {})
         self._nodes: dict[str, _Node] = {}
+        self._freed = asyncio.Event()
+        """Set whenever items leave a node's in-flight count (room for a waiting batch)."""
         self._starting: dict[str, asyncio.Future[None]] = {}
         """Supervisors being started, by node id."""
         self._connected_here = False
@@ -440,6 +442,7 @@ class ClusterPool:
                 continue
             finally:
                 node.in_flight -= 1
+                self._freed.set()
             node.items += 1
             self._counts["items"] += 1
             if error is not None:
@@ -578,12 +581,19 @@ class ClusterPool:
                             if not self._ready_nodes():
                                 await self._fail_all(waiting, items, send)
                                 return
+                        else:
+                            # Every node is full of other batches' items: wait until one
+                            # of theirs ends (or the next refresh), not in a busy loop.
+                            self._freed.clear()
+                            with anyio.move_on_after(self.refresh_s):
+                                await self._freed.wait()
                         continue
                     due = self.refresh_s - (time.monotonic() - self._last_refresh)
                     done, _ = await asyncio.wait(flights, timeout=max(0.0, due), return_when=asyncio.FIRST_COMPLETED)
                     for future in done:
                         chunk, node, _ = flights.pop(future)
                         node.in_flight -= len(chunk)
+                        self._freed.set()
                         for outcome in self._settle(future, chunk, node, waiting):
                             await send.send(outcome)
                     if time.monotonic() - self._last_refresh >= self.refresh_s:
@@ -591,6 +601,7 @@ class ClusterPool:
         finally:
             for future, (chunk, node, ref) in flights.items():
                 node.in_flight -= len(chunk)
+                self._freed.set()
                 future.cancel()
                 try:
                     ray.cancel(ref)

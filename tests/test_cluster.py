@@ -158,6 +158,27 @@ async def test_a_batch_over_three_headers_is_served_warm_after_the_first_import_
     assert snapshot.hit_rate >= 0.95, (snapshot.key_hits, snapshot.key_misses)
 
 
+async def test_two_batches_at_once_share_the_nodes_and_the_waiting_one_does_not_spin(cluster, config) -> None:  # type: ignore[no-untyped-def]
+    async with ClusterPool(config, node_resource="lw_base", in_flight_per_worker=1, items_per_call=1) as cp:
+        results: dict[str, list[Any]] = {}
+
+        async def batch(name: str, requests: list[CheckRequest]) -> None:
+            results[name] = await collect(cp, requests)
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(batch, "a", generated(40))
+            tg.start_soon(batch, "b", generated(40, bad_every=4))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    for name, bad_every in (("a", 0), ("b", 4)):
+        outcomes = by_index(results[name])
+        assert sorted(outcomes) == list(range(40))
+        assert [i for i, o in outcomes.items() if o.value.verdict != "ok"] == [i for i in range(40) if bad_every and i % bad_every == 0]
+    # While one batch holds every node's room, the other waits for room to free up; a busy
+    # loop would keep this process on a core for the whole run.
+    assert cpu < 0.5 * wall, (cpu, wall)
+
+
 async def test_a_node_removed_mid_batch_loses_no_item_and_duplicates_none_then_no_node_left_fails_typed(cluster, config) -> None:  # type: ignore[no-untyped-def]
     nodes = [cluster.add_node(num_cpus=1, resources={"lw_fault": 1}) for _ in range(2)]
     cluster.wait_for_nodes()
