@@ -28,6 +28,10 @@
   worker for its toolchain (``ToolchainNotFound`` is raised once, instead of failing every
   snippet); then the bad items' results, then one result per snippet as it finishes. A
   snippet that fails (a crash, a timeout) is a ``failed`` result and the batch goes on.
+- **On a Ray cluster** (``VerifyOptions.ray``, ``--ray``): the batch runs on a
+  ``lean_worker_ray.ClusterPool`` (imported only then): each node builds its own config
+  (``node_config``: the fixtures for its toolchain), results carry the ``node`` that ran
+  them and ``retried``, the summary a line per node (architecture/100-cluster.md).
 - **Leaving early.** Leaving the block (a ``break``, an exception, a cancellation) cancels
   the snippets still running, closes the pool and its Lean processes; ``run.summary`` then
   counts what finished (``complete`` is false).
