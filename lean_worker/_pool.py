@@ -227,6 +227,23 @@ class Lease:
         return await self.worker._call(command, request, timeout, None, None, keys)
 
 
+def request_keys(
+    command: Call[Any, Any], index: int, request: Any, given: Sequence[tuple[Hashable, ...]] | None
+) -> tuple[Hashable, ...] | None:
+    """The session keys of request ``index`` of a batch: ``given[index]`` when the caller
+    computed them, else the command's own ``session_keys`` (``None``: it declares none).
+    ``InvalidRequest`` when ``given`` is too short."""
+    if given is None:
+        return session_keys_of(command, request)
+    if index < len(given):
+        return tuple(given[index])
+    raise InvalidRequest(
+        f"{command.name}: map() was given keys for {len(given)} requests but request "
+        f"index={index} has none: nothing was sent",
+        operation=command.name,
+    )
+
+
 @dataclass(frozen=True)
 class Outcome(Generic[ReqT, RespT]):
     """The result of one request of ``Pool.map``: ``value`` or ``error``."""
@@ -561,16 +578,7 @@ class Pool:
         started = time.perf_counter()
         worker, generation = -1, 0
         try:
-            if given is None:
-                keys = session_keys_of(command, request)
-            elif index < len(given):
-                keys = tuple(given[index])
-            else:
-                raise InvalidRequest(
-                    f"{command.name}: map() was given keys for {len(given)} requests but request "
-                    f"index={index} has none: nothing was sent",
-                    operation=command.name,
-                )
+            keys = request_keys(command, index, request, given)
             async with self.lease(keys[0] if keys else None) as lease:
                 worker, generation = lease.index, lease.generation
                 value = await lease._call_keyed(command, request, keys, timeout)

@@ -49,7 +49,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lean_worker import DEFAULT, Call, Outcome, PoolSnapshot, WorkerError
-from lean_worker._pool import DEFAULT_KEYS_PER_WORKER, DEFAULT_STATES_PER_WORKER, ReqT, RespT
+from lean_worker._pool import DEFAULT_KEYS_PER_WORKER, DEFAULT_STATES_PER_WORKER, ReqT, RespT, request_keys
 from lean_worker._worker import check_timeout, session_keys_of
 
 from ._errors import ClusterError, ClusterUnavailable, ClusterUnreachable, NodeLost
@@ -145,7 +145,8 @@ class _Node:
 class _Item:
     index: int
     request: Any
-    keys: tuple[Hashable, ...]
+    keys: tuple[Hashable, ...] | None
+    """``None``: the command declares no session keys."""
     retried: int = 0
     started: float = field(default_factory=time.perf_counter)
 
@@ -360,7 +361,7 @@ class ClusterPool:
     def _capacity(self, node: _Node) -> int:
         return node.workers * self.in_flight_per_worker
 
-    def _route(self, keys: tuple[Hashable, ...]) -> _Node | None:
+    def _route(self, keys: tuple[Hashable, ...] | None) -> _Node | None:
         ready = self._ready_nodes()
         room = [n for n in ready if n.in_flight < self._capacity(n)]
         if not room:
@@ -416,7 +417,7 @@ class ClusterPool:
         check_timeout(timeout)
         if not self._open:
             raise ClusterError("the cluster pool is not open: use `async with ClusterPool(...)`")
-        keys = session_keys_of(command, request) or ()
+        keys = session_keys_of(command, request)
         wire_timeout = "default" if timeout is DEFAULT else timeout
         preferred = tuple(prefer)
         for attempt in range(1, self.max_attempts + 1):
@@ -452,7 +453,7 @@ class ClusterPool:
         raise NodeLost(f"{command.name}: the request's node died under it {self.max_attempts} times",
                        attempts=self.max_attempts)
 
-    def _route_state(self, keys: tuple[Hashable, ...], prefer: tuple[Hashable, ...]) -> _Node | None:
+    def _route_state(self, keys: tuple[Hashable, ...] | None, prefer: tuple[Hashable, ...]) -> _Node | None:
         ready = self._ready_nodes()
         if not ready:
             return None
@@ -509,13 +510,7 @@ class ClusterPool:
     ) -> Iterator[_Item | ClusterOutcome[Any, Any]]:
         for index, request in enumerate(requests):
             try:
-                if given is None:
-                    item_keys = session_keys_of(command, request) or ()
-                elif index < len(given):
-                    item_keys = tuple(given[index])
-                else:
-                    raise ClusterError(f"{command.name}: map() was given keys for {len(given)} requests but "
-                                       f"request index={index} has none: nothing was sent")
+                item_keys = request_keys(command, index, request, given)
             except WorkerError as exc:
                 yield ClusterOutcome(index, request, None, exc, -1, 0, 0.0)
                 continue

@@ -73,7 +73,7 @@ class NodeSupervisor:
             await self._closing.wait()
 
     async def call(
-        self, command: Any, items: list[tuple[Any, tuple[Hashable, ...]]], timeout: float | str | None
+        self, command: Any, items: list[tuple[Any, tuple[Hashable, ...] | None]], timeout: float | str | None
     ) -> list[Reply]:
         """Run a chunk of items (``(request, keys)``) on the node's pool, concurrently; one
         reply each, in order. Never raises a ``WorkerError``: returns it in the reply.
@@ -85,10 +85,11 @@ class NodeSupervisor:
         command = self._commands.setdefault(command.fingerprint, command)
         limit = DEFAULT if timeout == "default" else timeout
 
-        async def one(request: Any, keys: tuple[Hashable, ...]) -> Reply:
+        async def one(request: Any, keys: tuple[Hashable, ...] | None) -> Reply:
             # The pool's own per-item runner, as Pool.map uses it: the lease, the keyed call,
-            # and every WorkerError caught into the outcome.
-            outcome = await pool._run_one(command, 0, request, limit, [keys])
+            # and every WorkerError caught into the outcome. ``None``: the command declares
+            # no keys (the runner asks it again, and gets ``None`` again).
+            outcome = await pool._run_one(command, 0, request, limit, None if keys is None else [keys])
             return outcome.value, outcome.error, outcome.worker, outcome.generation, outcome.elapsed_s
 
         return list(await asyncio.gather(*(one(request, keys) for request, keys in items)))
@@ -97,7 +98,7 @@ class NodeSupervisor:
         self,
         command: Any,
         request: Any,
-        keys: tuple[Hashable, ...],
+        keys: tuple[Hashable, ...] | None,
         prefer: tuple[Hashable, ...],
         learned: Callable[[Any], Iterable[Hashable]],
         timeout: float | str | None,
