@@ -44,3 +44,24 @@ def lean_toolchain():  # type: ignore[no-untyped-def]
     from lean_worker_child.lean.provision import provision_test_toolchain
 
     return provision_test_toolchain()
+
+
+@pytest.fixture(scope="session")
+def library(lean_toolchain):  # type: ignore[no-untyped-def]
+    """The bundled prelude library (``LwFix.*``), built once for the test toolchain."""
+    from lean_worker_child.lean.fixtures import build_library
+
+    return build_library(lean_toolchain.lean)
+
+
+@pytest.fixture
+def config(lean_toolchain, library):  # type: ignore[no-untyped-def]
+    """``config(**options)``: a Lean worker config on the test toolchain with the library on
+    its search path (``lean_config`` keywords; a 60 s request timeout unless given)."""
+    from lean_worker.lean import lean_config
+
+    def make(**options: object):  # type: ignore[no-untyped-def]
+        options.setdefault("request_timeout_s", 60)
+        return lean_config(lean=lean_toolchain.lean, search_path=[library.root], **options)
+
+    return make

@@ -33,13 +33,6 @@ from lean_worker.lean import (
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="module")
-def library(lean_toolchain):  # type: ignore[no-untyped-def]
-    from lean_worker_child.lean.fixtures import build_library
-
-    return build_library(lean_toolchain.lean)
-
-
 # -- settings ----------------------------------------------------------------------------------
 
 

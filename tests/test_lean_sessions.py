@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from lean_worker import Pool, SyncPool, Worker
-from lean_worker.lean import CHECK, CheckRequest, LeanHeaderError, LeanStateInvalid, LeanTimeout, lean_config
+from lean_worker.lean import CHECK, CheckRequest, LeanHeaderError, LeanStateInvalid, LeanTimeout
 from lean_worker.session import ProofState, Session, SyncSession
 from lean_worker_protocol.lean_session import GOALS, GoalsRequest, make_proof_state
 
@@ -25,22 +25,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 SORRY = "prelude\nimport LwFix.Sorry\n"
 TACTIC = "prelude\nimport LwFix.Tactic\n"
-
-
-@pytest.fixture(scope="module")
-def library(lean_toolchain):  # type: ignore[no-untyped-def]
-    from lean_worker_child.lean.fixtures import build_library
-
-    return build_library(lean_toolchain.lean)
-
-
-@pytest.fixture
-def config(lean_toolchain, library):  # type: ignore[no-untyped-def]
-    def make(**options: object):  # type: ignore[no-untyped-def]
-        options.setdefault("request_timeout_s", 60)
-        return lean_config(lean=lean_toolchain.lean, search_path=[library.root], **options)
-
-    return make
 
 
 def errors(messages):  # type: ignore[no-untyped-def]

@@ -47,22 +47,6 @@ def expected_error(code: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-@pytest.fixture(scope="module")
-def library(lean_toolchain):  # type: ignore[no-untyped-def]
-    from lean_worker_child.lean.fixtures import build_library
-
-    return build_library(lean_toolchain.lean)
-
-
-@pytest.fixture
-def config(lean_toolchain, library):  # type: ignore[no-untyped-def]
-    def make(**options: object):  # type: ignore[no-untyped-def]
-        options.setdefault("request_timeout_s", 60)
-        return lean_config(lean=lean_toolchain.lean, search_path=[library.root], **options)
-
-    return make
-
-
 async def test_toolchain_report_comes_from_the_child(config, lean_toolchain) -> None:  # type: ignore[no-untyped-def]
     async with Worker(config()) as worker:
         report = await worker.call(TOOLCHAIN, ToolchainQuery())

@@ -193,13 +193,6 @@ async def test_closed_pool_refuses_leases() -> None:
 # -- warm reuse with real Lean ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def library(lean_toolchain):  # type: ignore[no-untyped-def]
-    from lean_worker_child.lean.fixtures import build_library
-
-    return build_library(lean_toolchain.lean)
-
-
 def lean_pool_config(lean_toolchain, library, **options):  # type: ignore[no-untyped-def]
     options.setdefault("request_timeout_s", 60)
     return lean_config(lean=lean_toolchain.lean, search_path=[library.root], **options)

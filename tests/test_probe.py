@@ -27,13 +27,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 CLI_TIMEOUT_S = 90
 
 
-@pytest.fixture(scope="module")
-def library(lean_toolchain):  # type: ignore[no-untyped-def]
-    from lean_worker_child.lean.fixtures import build_library
-
-    return build_library(lean_toolchain.lean)
-
-
 def lean_worker(lean: object, *search_path: object, **options: object) -> WorkerConfig:
     """The Lean worker, with the parent's cache dir handed to the child (so the fixture
     state it reports is the parent's, whatever XDG_CACHE_HOME says)."""

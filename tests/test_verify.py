@@ -138,13 +138,6 @@ TYPE_ERROR = (ROOT / "lean" / "snippets" / "type_error.lean").read_text()
 HANG = (ROOT / "lean" / "snippets" / "hang.lean").read_text()
 
 
-@pytest.fixture
-def library(lean_toolchain):  # type: ignore[no-untyped-def]
-    from lean_worker_child.lean.fixtures import build_library
-
-    return build_library(lean_toolchain.lean)
-
-
 def lean_args(lean_toolchain, library) -> list[str]:  # type: ignore[no-untyped-def]
     return ["--lean", str(lean_toolchain.lean), "--search-path", str(library.root)]
 

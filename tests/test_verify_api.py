@@ -32,13 +32,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def library(lean_toolchain):  # type: ignore[no-untyped-def]
-    from lean_worker_child.lean.fixtures import build_library
-
-    return build_library(lean_toolchain.lean)
-
-
-@pytest.fixture
 def options(lean_toolchain, library) -> VerifyOptions:  # type: ignore[no-untyped-def]
     return VerifyOptions(workers=2, timeout_s=10, lean=str(lean_toolchain.lean), search_path=[str(library.root)])
 
