@@ -259,9 +259,8 @@ class ClusterPool:
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
         nodes = [n for n in self._nodes.values() if n.actor is not None]
         with anyio.CancelScope(shield=True):
-            for node in nodes:
-                if node.ready:
-                    await self._read_snapshot(node)
+            # The last snapshots, read from every node at once (10 s each at most).
+            await asyncio.gather(*(self._read_snapshot(n) for n in nodes if n.ready))
             with anyio.move_on_after(30):
                 await asyncio.gather(*(self._close_node(n) for n in nodes), return_exceptions=True)
             for node in nodes:
