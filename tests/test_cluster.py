@@ -240,7 +240,17 @@ async def test_a_node_that_joins_mid_batch_takes_work(cluster, config) -> None: 
     try:
         async with ClusterPool(config, node_resource="lw_join", refresh_s=0.3) as cp:
             received = []
-            async with cp.map(CHECK, generated(150)) as outcomes:
+            candidates = generated(1500)
+
+            def requests():  # type: ignore[no-untyped-def]
+                # The batch is read as it goes: it lasts until the new node has answered
+                # (starting it takes seconds, more on a loaded machine), 1500 items at most.
+                for index, request in enumerate(candidates):
+                    if index >= 20 and joined is not None and any(o.node == joined.node_id for o in received):
+                        return
+                    yield request
+
+            async with cp.map(CHECK, requests()) as outcomes:
                 async for outcome in outcomes:
                     received.append(outcome)
                     if joined is None:
