@@ -38,6 +38,7 @@ __all__ = [
     "FixturesRequest",
     "Header",
     "HeaderError",
+    "Hole",
     "IndexRequest",
     "IndexSummary",
     "ItemError",
@@ -89,6 +90,23 @@ class CheckRequest(msgspec.Struct, frozen=True):
     engine: Engine = "auto"
     """``warm`` keeps the imported header alive between checks; ``cold`` runs one
     ``lean --json`` process per check; ``auto`` is the worker's default engine."""
+    sorry_goals: bool = False
+    """Also report every ``sorry`` hole with its goal (``CheckResult.holes``). Warm engine
+    only; it costs one LSP query per ``sorry`` token of the body (two for one written where
+    a tactic goes), after the diagnostics, within ``timeout_s``."""
+
+
+class Hole(msgspec.Struct, frozen=True):
+    """A ``sorry`` that Lean elaborated, with the goal it stands for."""
+
+    pos: Pos
+    """Where the ``sorry`` token starts."""
+    end_pos: Pos
+    """Just past the ``sorry`` token."""
+    goal: str
+    """The goal as Lean prints it (hypotheses, then ``⊢ target``); several goals (a
+    ``sorry`` standing as a tactic) are separated by a blank line, as in the ``goal`` of
+    the Lean REPL's ``sorries``."""
 
 
 class CheckResult(msgspec.Struct, frozen=True):
@@ -105,6 +123,11 @@ class CheckResult(msgspec.Struct, frozen=True):
     """``warm``: reused a warm session; ``import``: opened one; ``cold``: a one-shot process."""
     limit: Literal["heartbeats", "memory"] | None = None
     """Set when one of Lean's own limits stopped elaboration (also an error message)."""
+    holes: list[Hole] = []
+    """With ``CheckRequest.sorry_goals`` on the warm engine: every ``sorry`` of the body that
+    Lean elaborated, in source order (a ``sorry`` in a comment or a string is none, and
+    nor is one Lean did not reach). Always empty from the cold engine, which cannot ask
+    Lean for goals (``lean --json`` only prints messages)."""
 
 
 class ItemError(msgspec.Struct, frozen=True):

@@ -117,6 +117,19 @@ async def test_the_goals_of_a_sorry_are_what_lean_reports_as_unsolved_goals(conf
     assert hole.state.mode == "term" and hole.state.tactics == ()
 
 
+async def test_a_sorry_alone_on_the_line_after_exact_is_a_term_hole_with_the_goal_exact_needs(config) -> None:  # type: ignore[no-untyped-def]
+    # It starts a line inside a tactic block, yet it is `exact`'s argument: `plainGoal` there
+    # answers the goals after `exact` (none), so the hole is read as a term instead.
+    async with Worker(config()) as worker:
+        session = Session(worker)
+        env = await session.start(TACTIC)
+        result = await session.run(env, "theorem t (p : Prop) (hp : p) : p := by\n  exact\n    sorry")
+        [hole] = result.sorries
+        assert (hole.state.mode, hole.goals) == ("term", ["p : Prop\nhp : p\n⊢ p"])
+        done = await session.apply(hole.state, "exact hp")
+    assert done.status == "complete", done.messages
+
+
 async def test_every_sorry_of_a_command_is_a_proof_state_with_its_own_goal(config) -> None:  # type: ignore[no-untyped-def]
     async with Worker(config()) as worker:
         session = Session(worker)

@@ -75,6 +75,6 @@ def test_all_is_grouped_by_purpose_and_sorted_within_each_group() -> None:
 def test_the_generic_core_exports_no_lean_names() -> None:
     import lean_worker.lean as lean_api
 
-    lean_names = {"LeanError", "LeanCrashed", "LeanTimeout", "LeanHeaderError", "ToolchainNotFound", "CHECK"}
+    lean_names = {"LeanError", "LeanCrashed", "LeanTimeout", "LeanHeaderError", "ToolchainNotFound", "CHECK", "Hole"}
     assert not lean_names & set(lean_worker.__all__)
     assert lean_names <= set(lean_api.__all__)

@@ -5,7 +5,9 @@
 - ``ColdEngine``: one ``lean --json --stdin`` process per check. The baseline, and the
   fallback for a snippet whose header cannot be parsed.
 
-Both return ``CheckResult`` with positions relative to the caller's snippet.
+Both return ``CheckResult`` with positions relative to the caller's snippet. Only the warm
+engine can report the goal of each ``sorry`` (``CheckRequest.sorry_goals``): it asks the
+session's document after the diagnostics are in.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import subprocess
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from lean_worker_exit import classify
-from lean_worker_protocol.lean import CheckResult, Header, HeaderError, Message, Pos, parse_header
+from lean_worker_protocol.lean import CheckResult, Header, HeaderError, Hole, Message, Pos, parse_header
+from lean_worker_protocol.lean_session import SORRY, HoleMode, find_sorries
 
 from .._boot import pdeathsig_preexec
 from .errors import LeanCrashed, LeanTimeout
@@ -67,6 +70,67 @@ class _Lines:
         return Pos(line0 + 1, offset - self.starts[line0])
 
 
+class _Text(_Lines):
+    """A document's text with LSP position conversions both ways."""
+
+    def lsp(self, offset: int) -> dict[str, int]:
+        line0 = self.pos(offset).line - 1
+        start = self.starts[line0]
+        units = sum(2 if ord(c) > 0xFFFF else 1 for c in self.text[start:offset])
+        return {"line": line0, "character": units}
+
+    def offset(self, p: dict[str, Any]) -> int:
+        return self.offset_of_utf16(p["line"], p["character"])
+
+
+# -- the goal of a `sorry` ------------------------------------------------------------------------
+# Shared by the warm engine (``CheckRequest.sorry_goals``) and the session engine (``RUN``).
+
+
+def _goal_list(result: Any, key: str) -> list[str] | None:
+    if not isinstance(result, dict):
+        return None
+    if key == "goals":
+        goals = result.get("goals")
+        return [str(g) for g in goals] if isinstance(goals, list) else None
+    goal = result.get("goal")
+    return [str(goal)] if isinstance(goal, str) else None
+
+
+_TACTIC_LEADS = ("by", "·", ".", "=>", ";", "<;>")
+
+
+def _stands_as_tactic(command: str, hole: int) -> bool:
+    """Whether the ``sorry`` at ``hole`` is written where a tactic goes: first on its line,
+    or after ``by``, ``·``, ``=>`` or ``;``. Lean then confirms it with a tactic goal; a
+    term ``sorry`` inside a tactic (``exact sorry``) is not one."""
+    before = command[command.rfind("\n", 0, hole) + 1:hole].rstrip()
+    return not before or before.endswith(_TACTIC_LEADS)
+
+
+Query = Callable[[str, int], Any]
+"""``query(method, offset)``: one LSP request about a position of the document, its ``result``."""
+
+
+def _hole_goals(query: Query, lines: _Text, at: int) -> tuple[HoleMode, list[str]] | None:
+    """The goals at the ``sorry`` at offset ``at`` of the document ``lines``, and how it
+    stands: ``tactic`` (``$/lean/plainGoal`` answered there) or ``term``
+    (``$/lean/plainTermGoal``, whose range must start at the hole). ``None``: not a hole
+    Lean elaborated (a failed declaration, a quotation...)."""
+    if _stands_as_tactic(lines.text, at):
+        goals = _goal_list(query("$/lean/plainGoal", at), "goals")
+        # No goals: the `sorry` only starts a line inside a tactic (`exact` above it), and
+        # Lean answered with the goals after that tactic. A tactic always has a goal before it.
+        if goals:
+            return "tactic", goals
+    term = query("$/lean/plainTermGoal", at)
+    where = term.get("range", {}).get("start") if isinstance(term, dict) else None
+    if not isinstance(where, dict) or lines.offset(where) != at:
+        return None
+    goals = _goal_list(term, "goal")
+    return None if goals is None else ("term", goals)
+
+
 def _kind(raw: str | None) -> str:
     if not raw or raw == "[anonymous]":
         return ""
@@ -88,7 +152,7 @@ def _verdict(messages: list[Message]) -> tuple[str, list[Pos], str | None]:
 
 
 def _result(
-    id: str, messages: list[Message], started: float, header: Header | None, session: str
+    id: str, messages: list[Message], started: float, header: Header | None, session: str, holes: list[Hole] | None = None
 ) -> CheckResult:
     verdict, sorries, limit = _verdict(messages)
     return CheckResult(
@@ -100,6 +164,7 @@ def _result(
         imports=list(header.modules) if header is not None else [],
         session=session,  # type: ignore[arg-type]
         limit=limit,  # type: ignore[arg-type]
+        holes=holes or [],
     )
 
 
@@ -158,9 +223,15 @@ class WarmEngine:
         if session is not None:
             session.worker.close()
 
-    def check(self, code: str, *, id: str = "", header: Header, timeout_s: float | None) -> tuple[CheckResult, bool]:
-        """Check ``code``; return the result and whether a session was opened (an import)."""
+    def check(
+        self, code: str, *, id: str = "", header: Header, timeout_s: float | None, sorry_goals: bool = False
+    ) -> tuple[CheckResult, bool]:
+        """Check ``code``; return the result and whether a session was opened (an import).
+
+        ``sorry_goals``: then ask Lean for the goal of each ``sorry`` of the body, within
+        the same ``timeout_s`` (``CheckResult.holes``)."""
         started = time.perf_counter()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         key = header.key()
         session = self.sessions.get(key)
         fresh = session is None or not session.worker.alive
@@ -172,15 +243,43 @@ class WarmEngine:
             self.sessions.move_to_end(key)
         assert session is not None
         canonical = header.canonical()
-        doc = canonical + code[header.end:]
+        body = code[header.end:]
+        doc = canonical + body
         try:
-            raw = session.worker.check(doc, timeout_s=timeout_s)
+            raw = session.worker.check(doc, timeout_s=timeout_s, deadline=deadline)
+            # Without the flag or a `sorry` token, not one request more than a plain check.
+            hits = find_sorries(body) if sorry_goals else []
+            holes = self._holes(session.worker, code, doc, header, len(canonical), hits, deadline, timeout_s)
         except (LeanCrashed, LeanTimeout):
             self.drop(key)
             raise
         session.checks += 1
         messages = self._messages(raw, code, doc, header, len(canonical))
-        return _result(id, messages, started, header, "import" if fresh else "warm"), fresh
+        return _result(id, messages, started, header, "import" if fresh else "warm", holes), fresh
+
+    @staticmethod
+    def _holes(
+        worker: FileWorker, code: str, doc: str, header: Header, head_len: int, hits: list[int],
+        deadline: float | None, timeout_s: float | None,
+    ) -> list[Hole]:
+        """The goal of each ``sorry`` at ``hits`` (offsets in the body) that Lean elaborated."""
+        if not hits:
+            return []
+        lines = _Text(doc)
+        user = _Lines(code)
+
+        def query(method: str, at: int) -> Any:
+            params = {"textDocument": {"uri": worker.uri}, "position": lines.lsp(at)}
+            return worker.request(method, params, deadline=deadline, limit_s=timeout_s or 0.0)
+
+        holes = []
+        for hit in hits:
+            found = _hole_goals(query, lines, head_len + hit)
+            if found is None:
+                continue
+            start = header.end + hit
+            holes.append(Hole(user.pos(start), user.pos(start + len(SORRY)), "\n\n".join(found[1])))
+        return holes
 
     @staticmethod
     def _messages(raw: list[dict[str, Any]], code: str, doc: str, header: Header, head_len: int) -> list[Message]:

@@ -54,7 +54,7 @@ from lean_worker_protocol.lean_session import (
     proof_layout,
 )
 
-from .engine import _SEVERITY, _kind, _Lines
+from .engine import _SEVERITY, _goal_list, _hole_goals, _kind, _Lines, _Text
 from .errors import LeanCrashed, LeanError, LeanStateInvalid, LeanTimeout
 from .lsp import FileWorker
 
@@ -75,19 +75,6 @@ def _common_prefix(a: str, b: str) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-class _Text(_Lines):
-    """A document's text with LSP position conversions both ways."""
-
-    def lsp(self, offset: int) -> dict[str, int]:
-        line0 = self.pos(offset).line - 1
-        start = self.starts[line0]
-        units = sum(2 if ord(c) > 0xFFFF else 1 for c in self.text[start:offset])
-        return {"line": line0, "character": units}
-
-    def offset(self, p: dict[str, Any]) -> int:
-        return self.offset_of_utf16(p["line"], p["character"])
 
 
 @dataclass
@@ -111,27 +98,6 @@ class _Budget:
     @classmethod
     def of(cls, timeout_s: float | None) -> _Budget:
         return cls(timeout_s, None if timeout_s is None else time.monotonic() + timeout_s)
-
-
-def _goal_list(result: Any, key: str) -> list[str] | None:
-    if not isinstance(result, dict):
-        return None
-    if key == "goals":
-        goals = result.get("goals")
-        return [str(g) for g in goals] if isinstance(goals, list) else None
-    goal = result.get("goal")
-    return [str(goal)] if isinstance(goal, str) else None
-
-
-_TACTIC_LEADS = ("by", "·", ".", "=>", ";", "<;>")
-
-
-def _stands_as_tactic(command: str, hole: int) -> bool:
-    """Whether the ``sorry`` at ``hole`` is written where a tactic goes: first on its line,
-    or after ``by``, ``·``, ``=>`` or ``;``. Lean then confirms it with a tactic goal; a
-    term ``sorry`` inside a tactic (``exact sorry``) is not one."""
-    before = command[command.rfind("\n", 0, hole) + 1:hole].rstrip()
-    return not before or before.endswith(_TACTIC_LEADS)
 
 
 class SessionEngine:
@@ -333,23 +299,17 @@ class SessionEngine:
         rel = _Lines(request.command)
         messages = self._messages(doc, lines, origin, len(text), origin, rel)
         sorries = []
+
+        def query(method: str, at: int) -> Any:
+            return self._query(doc, method, at, lines, budget)
+
         for hole in find_sorries(request.command):
-            at = origin + hole
-            goals: list[str] | None = None
-            mode = "term"
-            if _stands_as_tactic(request.command, hole):
-                goals = _goal_list(self._query(doc, "$/lean/plainGoal", at, lines, budget), "goals")
-                mode = "tactic"
-            if goals is None:
-                term = self._query(doc, "$/lean/plainTermGoal", at, lines, budget)
-                where = term.get("range", {}).get("start") if isinstance(term, dict) else None
-                if not isinstance(where, dict) or lines.offset(where) != at:
-                    continue  # not a hole Lean elaborated (a failed declaration, a quotation...)
-                goals = _goal_list(term, "goal")
-                mode = "term"
-            if goals is None:
-                continue
-            state = make_proof_state(old, request.command, hole, mode)  # type: ignore[arg-type]
+            # The command starts a line of the document, so `sorry` stands there as in the command.
+            found = _hole_goals(query, lines, origin + hole)
+            if found is None:
+                continue  # not a hole Lean elaborated (a failed declaration, a quotation...)
+            mode, goals = found
+            state = make_proof_state(old, request.command, hole, mode)
             sorries.append(Sorry(rel.pos(hole), state, goals))
         return RunResult(new, messages, sorries, (time.perf_counter() - started) * 1e3, how)
 

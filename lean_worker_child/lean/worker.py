@@ -163,7 +163,10 @@ def parse_settings(argv: list[str] | None = None) -> LeanSettings:
 
 
 def check_one(request: CheckRequest, timeout_s: float | None) -> CheckResult:
-    """Check one snippet (the handlers charge imports by the sessions the warm engine opened)."""
+    """Check one snippet (the handlers charge imports by the sessions the warm engine opened).
+
+    ``request.sorry_goals`` is served by the warm engine alone: a cold check (asked for,
+    the worker's engine, or a header that does not parse) has no ``holes``."""
     warm, cold = _engines()
     engine = runtime().settings.engine if request.engine == "auto" else request.engine
     if engine == "cold":
@@ -173,7 +176,9 @@ def check_one(request: CheckRequest, timeout_s: float | None) -> CheckResult:
     except HeaderError:
         # Lean reports the malformed header itself, with its position.
         return cold.check(request.code, id=request.id, timeout_s=timeout_s)
-    result, _ = warm.check(request.code, id=request.id, header=header, timeout_s=timeout_s)
+    result, _ = warm.check(
+        request.code, id=request.id, header=header, timeout_s=timeout_s, sorry_goals=request.sorry_goals
+    )
     return result
 
 
