@@ -494,6 +494,12 @@ class Pool:
             total += value or 0
         return total
 
+    async def measure_rss(self) -> int:
+        """Read the RSS of every worker's process tree now (bytes, summed over the pool);
+        ``snapshot()`` then carries the readings (``WorkerSnapshot.rss_bytes``,
+        ``total_rss_bytes``). For monitoring: the budget and the ceilings read their own."""
+        return await self._measure()
+
     async def _pss_total(self) -> int:
         return sum([await s.worker.pss() or 0 for s in self._slots])
 

@@ -110,6 +110,15 @@ async def test_queue_timeout_is_typed_and_counted() -> None:
         assert pool.snapshot().queue_timeouts == 1
 
 
+async def test_measure_rss_reads_every_worker_tree_and_the_snapshot_carries_the_readings() -> None:
+    async with Pool(workload(), size=2) as pool:
+        assert pool.snapshot().total_rss_bytes is None  # nothing measures without a budget or a ceiling
+        total = await pool.measure_rss()
+        snap = pool.snapshot()
+    assert total > 0 and snap.total_rss_bytes == total
+    assert all(w.rss_bytes is not None and w.rss_bytes > 0 for w in snap.workers)
+
+
 async def test_rss_budget_cycles_idle_workers_then_refuses() -> None:
     async with Pool(workload(), size=2, rss_budget_bytes=1) as pool:
         with pytest.raises(PoolBudgetExceeded) as info:
