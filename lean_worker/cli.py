@@ -282,6 +282,24 @@ def _verify(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+def _pool_arguments(parser: argparse.ArgumentParser, timeout_help: str) -> None:
+    """The Lean pool's options, shared by ``verify`` and ``serve`` (``options_from_args``)."""
+    parser.add_argument("-j", "--workers", type=_at_least_one, default=None,
+                        help="pool size (default: the number of CPUs); with --ray, workers per node "
+                             "(default: each node's CPUs)")
+    parser.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                        help="run on a Ray cluster: one supervisor per node owns that node's workers "
+                             "(needs pip install 'lean-worker[ray]'; 'auto' finds the local cluster)")
+    _timeout_argument(parser, timeout_help)
+    _lean_arguments(parser)
+    parser.add_argument("--max-imports", type=_at_least_one, help="replace a worker before its next fresh import after this many")
+    parser.add_argument("--max-requests", type=_at_least_one, help="replace a worker after this many checks")
+    parser.add_argument("--rss-ceiling-mb", type=_at_least_one, help="replace a worker whose process tree is over this (MiB)")
+    parser.add_argument("--lean-memory-mb", type=_at_least_one, help="Lean's own memory limit per Lean process (lean -M)")
+    parser.add_argument("--max-sessions", type=_at_least_one, default=8, help="warm headers kept per worker (default 8)")
+    parser.add_argument("--engine", choices=("warm", "cold"), default="warm")
+
+
 def _add_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     verify = sub.add_parser(
         "verify",
@@ -298,23 +316,49 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                         help="check against the bundled library, which a Lean worker builds for its toolchain "
                              "(and, with no SNIPPETS, check the bundled snippets)")
     verify.add_argument("-o", "--output", default="-", type=_writable, help="where JSONL results go (default: stdout)")
-    verify.add_argument("-j", "--workers", type=_at_least_one, default=None,
-                        help="pool size (default: the number of CPUs); with --ray, workers per node "
-                             "(default: each node's CPUs)")
-    verify.add_argument("--ray", metavar="auto|ADDRESS", default=None,
-                        help="run on a Ray cluster: one supervisor per node owns that node's workers "
-                             "(needs pip install 'lean-worker[ray]'; 'auto' finds the local cluster)")
-    _timeout_argument(verify, "seconds per snippet; past it that snippet's Lean process is killed")
-    _lean_arguments(verify)
-    verify.add_argument("--max-imports", type=_at_least_one, help="replace a worker before its next fresh import after this many")
-    verify.add_argument("--max-requests", type=_at_least_one, help="replace a worker after this many checks")
-    verify.add_argument("--rss-ceiling-mb", type=_at_least_one, help="replace a worker whose process tree is over this (MiB)")
-    verify.add_argument("--lean-memory-mb", type=_at_least_one, help="Lean's own memory limit per Lean process (lean -M)")
-    verify.add_argument("--max-sessions", type=_at_least_one, default=8, help="warm headers kept per worker (default 8)")
-    verify.add_argument("--engine", choices=("warm", "cold"), default="warm")
+    _pool_arguments(verify, "seconds per snippet; past it that snippet's Lean process is killed")
     verify.add_argument("--strict", action="store_true", help="exit 1 if any snippet is not ok")
     verify.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
     verify.set_defaults(func=_verify)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from lean_worker_service._serve import run_command
+    except ImportError as exc:
+        print(f"lean-worker serve: service.not_installed: the service needs its extra: "
+              f"pip install 'lean-worker[service]' (missing {exc.name or exc})", file=sys.stderr)
+        return 2
+    return run_command(args)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = sub.add_parser(
+        "serve",
+        help="serve Lean checks over HTTP: Kimina Lean Server's routes, a native /v1 API, /health, /metrics",
+        description="Needs pip install 'lean-worker[service]'. Prints 'listening on http://HOST:PORT' on stdout "
+                    "once it serves; an access log line per request goes to stderr. SIGINT or SIGTERM stops it: "
+                    "running requests get up to 30 s, then the pool closes. Exit status: 0 after a stop; 2 for "
+                    "bad arguments, a port that cannot be bound, no toolchain or fixtures that cannot be built.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=12332, help="port (default 12332, Kimina's; 0: a free one)")
+    serve.add_argument("--api-key", default=None,
+                       help="require 'Authorization: Bearer KEY' (default: $LEAN_WORKER_API_KEY; unset: no auth)")
+    serve.add_argument("--fixtures", action="store_true",
+                       help="put the bundled library on the search path (a Lean worker builds it for its toolchain)")
+    _pool_arguments(serve, "seconds per snippet when a request gives none")
+    serve.add_argument("--max-timeout", type=_seconds, default=300.0,
+                       help="the largest per-snippet timeout a request may ask for (default 300)")
+    serve.add_argument("--request-deadline", type=_seconds, default=500.0,
+                       help="a request answers within this; unfinished snippets get a 'timed out' error (default 500)")
+    serve.add_argument("--max-body-mb", type=_at_least_one, default=16, help="request body limit, 413 past it (default 16)")
+    serve.add_argument("--max-snippets", type=_at_least_one, default=1024,
+                       help="snippets per request, 413 past it (default 1024)")
+    serve.add_argument("--queue-limit", type=_at_least_one, default=None,
+                       help="snippets admitted at once over all requests, 429 past it (default 32 per worker, >= 64)")
+    serve.add_argument("--no-access-log", action="store_true", help="no access log lines on stderr")
+    serve.set_defaults(func=_serve)
 
 
 def _fixtures(args: argparse.Namespace) -> int:
@@ -394,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _target_arguments(doctor)
     doctor.set_defaults(func=_doctor, parser=doctor)
     _add_verify(sub)
+    _add_serve(sub)
     _add_fixtures(sub)
     args = parser.parse_args(argv)
     started = time.perf_counter()

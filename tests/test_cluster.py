@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import anyio  # noqa: E402
+import msgspec  # noqa: E402
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 import pytest  # noqa: E402
@@ -347,6 +348,29 @@ def test_verify_says_in_one_line_what_to_install_or_start() -> None:
     assert nobody.returncode == 2
     assert nobody.stderr.strip().count("\n") == 0, nobody.stderr
     assert "cluster.unreachable" in nobody.stderr and "ray start --head" in nobody.stderr
+
+
+def test_the_http_service_serves_kimina_and_native_requests_from_the_cluster(cluster) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from lean_worker_service.wire import EndLine, ItemLine, Line
+    from tests.service_server import Server
+
+    snippets = {p.stem: p.read_text() for p in (ROOT / "lean" / "snippets").glob("*.lean")}
+    with Server("--fixtures", "--ray", cluster.address, "-j", "1", "--timeout", "10") as server:
+        body = {"snippets": [{"id": n, "code": snippets[n]} for n in ("ok", "sorry", "type_error", "crash")]}
+        results = httpx.post(server.url + "/api/check", json=body, timeout=120).json()["results"]
+        assert [r["id"] for r in results] == ["ok", "sorry", "type_error", "crash"]
+        assert results[0]["response"]["messages"] == [] and results[1]["response"]["sorries"][0]["goal"]
+        assert results[2]["response"]["messages"][0]["severity"] == "error"
+        assert results[3]["error"].startswith("lean.crashed:")
+        with httpx.stream("POST", server.url + "/v1/check", json={"snippets": body["snippets"][:2]}, timeout=120) as r:
+            lines = [msgspec.json.decode(raw, type=Line) for raw in r.iter_lines()]
+        assert isinstance(lines[-1], EndLine) and lines[-1].verdicts == {"ok": 1, "sorry": 1}
+        assert all(isinstance(i, ItemLine) and i.node for i in lines[:-1])  # each says which node ran it
+        status = httpx.get(server.url + "/v1/status", timeout=30).json()
+        assert status["nodes"] >= 2 and status["workers"] >= 2
+        assert httpx.get(server.url + "/health", timeout=30).json() == {"status": "ok"}
 
 
 def test_the_core_never_imports_ray() -> None:
