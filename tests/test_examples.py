@@ -29,6 +29,9 @@ SEARCH_EXAMPLE = "examples.proof_search.run"
 CLUSTER_RECIPE = ROOT / "recipes" / "05-ray-cluster.md"
 CLUSTER_EXAMPLE_DIR = ROOT / "examples" / "cluster"
 CLUSTER_EXAMPLE = "examples.cluster.run"
+SERVICE_RECIPE = ROOT / "recipes" / "06-http-service.md"
+SERVICE_EXAMPLE_DIR = ROOT / "examples" / "service"
+SERVICE_EXAMPLE = "examples.service.run"
 
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 FILE_MARKER = re.compile(r"^# file: (?P<path>\S+)$")
@@ -182,12 +185,33 @@ def test_proof_search_example_steps_branches_rebuilds_after_a_crash_and_searches
     assert len([line for line in out if re.search(r"\d ms$", line)]) == 1
 
 
+def test_service_example_answers_kimina_and_native_checks_and_stops_on_sigterm(lean_ready) -> None:  # type: ignore[no-untyped-def]
+    out = output_of(SERVICE_EXAMPLE)
+    assert out[0].startswith("lean-worker serve: listening on http://127.0.0.1:")
+    assert "GET /health: {'status': 'ok'}" in out
+    # Kimina's route answers in input order, each item as kimina-client's analyze() sees it.
+    kimina = out.index("POST /api/check:")
+    assert out[kimina + 1 : kimina + 5] == [
+        "  ok: valid",
+        "  sorry: sorry",
+        "  type_error: lean_error",
+        "  the sorry at 7:68 has the goal 'm n : N\\n⊢ Eq (m.add n) (n.add m)'",
+    ]
+    # The native stream: one line per snippet in completion order, then the end line.
+    native = out.index("POST /v1/check:")
+    assert sorted(out[native + 1 : native + 4]) == ["  line 0 ok: ok", "  line 1 sorry: sorry", "  line 2 type_error: errors"]
+    assert out[native + 4] == "  end: items=3 verdicts={'errors': 1, 'ok': 1, 'sorry': 1}"
+    assert "GET /metrics: lean_worker_checks_total ok=2 sorry=2 errors=2 failed=0" in out
+    assert "  lean_worker_workers 2, lean_worker_up 1" in out
+    assert out[-1] == "server stopped: exit status 0"
+
+
 # -- the recipe shows the examples as they are ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "doc", [RECIPE, LEAN_RECIPE, SEARCH_RECIPE, CLUSTER_RECIPE, README],
-    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe", "readme"],
+    "doc", [RECIPE, LEAN_RECIPE, SEARCH_RECIPE, CLUSTER_RECIPE, SERVICE_RECIPE, README],
+    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe", "service-recipe", "readme"],
 )
 def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
     excerpts = shown_excerpts(doc)
@@ -205,8 +229,8 @@ def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
 @pytest.mark.parametrize(
     ("doc", "example_dir"),
     [(RECIPE, EXAMPLE_DIR), (LEAN_RECIPE, LEAN_EXAMPLE_DIR), (SEARCH_RECIPE, SEARCH_EXAMPLE_DIR),
-     (CLUSTER_RECIPE, CLUSTER_EXAMPLE_DIR)],
-    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe"],
+     (CLUSTER_RECIPE, CLUSTER_EXAMPLE_DIR), (SERVICE_RECIPE, SERVICE_EXAMPLE_DIR)],
+    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe", "service-recipe"],
 )
 def test_recipe_shows_every_line_of_every_example_file(doc: Path, example_dir: Path) -> None:
     excerpts = shown_excerpts(doc)
@@ -243,11 +267,12 @@ def shown_outputs(doc: Path = RECIPE) -> dict[str, list[list[str]]]:
         (LEAN_RECIPE, LEAN_EXAMPLE),
         (SEARCH_RECIPE, SEARCH_EXAMPLE),
         (CLUSTER_RECIPE, CLUSTER_EXAMPLE),
+        (SERVICE_RECIPE, SERVICE_EXAMPLE),
     ],
-    ids=["run_async", "run_sync", "lean_check", "proof_search", "cluster"],
+    ids=["run_async", "run_sync", "lean_check", "proof_search", "cluster", "service"],
 )
 def test_recipe_output_blocks_match_a_real_run(doc: Path, module: str, request: pytest.FixtureRequest) -> None:
-    if module in (LEAN_EXAMPLE, SEARCH_EXAMPLE, CLUSTER_EXAMPLE):
+    if module in (LEAN_EXAMPLE, SEARCH_EXAMPLE, CLUSTER_EXAMPLE, SERVICE_EXAMPLE):
         request.getfixturevalue("lean_ready")
     command = f"python -m {module}"
     shown = shown_outputs(doc).get(command)
