@@ -229,6 +229,10 @@ class SyncPool:
             return self._pool.snapshot()
         return self._run(portal, self._pool.snapshot)  # type: ignore[no-any-return]
 
+    def measure_rss(self) -> int:
+        """``Pool.measure_rss``: read every worker tree's RSS now; the snapshot carries it."""
+        return self._run(self._portal_or_raise(), self._pool.measure_rss)  # type: ignore[no-any-return]
+
 
 class SyncLease:
     """Exclusive use of one pool worker from a plain thread (from ``SyncPool.lease``)."""

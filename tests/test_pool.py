@@ -41,6 +41,7 @@ from lean_worker import (
     QueueTimeout,
     RemoteError,
     RequestTimeout,
+    SyncPool,
     WorkerCrashed,
 )
 from lean_worker.lean import CHECK, CheckRequest, LeanCrashed, lean_config
@@ -117,6 +118,11 @@ async def test_measure_rss_reads_every_worker_tree_and_the_snapshot_carries_the_
         snap = pool.snapshot()
     assert total > 0 and snap.total_rss_bytes == total
     assert all(w.rss_bytes is not None and w.rss_bytes > 0 for w in snap.workers)
+
+
+def test_the_sync_pool_measures_rss_as_well() -> None:
+    with SyncPool(workload(), size=1) as sync:
+        assert sync.measure_rss() == sync.snapshot().total_rss_bytes > 0
 
 
 async def test_rss_budget_cycles_idle_workers_then_refuses() -> None:
