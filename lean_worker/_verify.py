@@ -141,8 +141,7 @@ class FixturesUnavailable(VerifyError):
 
     def __init__(self, cause: WorkerError) -> None:
         self.cause_code = _error_code(cause)
-        text = cause.remote_message if isinstance(cause, RemoteError) else str(cause)
-        super().__init__(f"cannot build the fixtures; cause={self.cause_code}: {_first_line(text)}")
+        super().__init__(f"cannot build the fixtures; cause={self.cause_code}: {_first_line(_error_text(cause))}")
 
 
 # -- public types ------------------------------------------------------------------------------
@@ -487,6 +486,18 @@ def _error_code(error: WorkerError) -> str:
     return error.remote_code if isinstance(error, RemoteError) else error.code
 
 
+def _error_text(error: WorkerError) -> str:
+    """What the error says: the child's own message for a remote one."""
+    return error.remote_message if isinstance(error, RemoteError) else str(error)
+
+
+def result_error(error: WorkerError, limit: int = 500) -> ResultError:
+    """Why an item has no result: its stable code, the first line of its message (at most
+    ``limit`` characters) and the facts the child attached (``None`` ones left out)."""
+    facts = {k: v for k, v in error.facts.items() if v is not None} if isinstance(error, RemoteError) else {}
+    return ResultError(_error_code(error), _first_line(_error_text(error), limit), facts)
+
+
 def _result(item: _Item, outcome: Outcome[CheckRequest, CheckResult]) -> VerifyResult:
     common: dict[str, Any] = dict(
         id=item.id, index=item.index, line=item.line, duplicate_of=item.duplicate_of,
@@ -500,13 +511,10 @@ def _result(item: _Item, outcome: Outcome[CheckRequest, CheckResult]) -> VerifyR
             verdict=value.verdict, messages=value.messages, sorries=value.sorries,
             time_ms=round(value.elapsed_ms, 2), session=value.session, limit=value.limit, **common,
         )
-    error = outcome.error
-    assert error is not None
-    text = error.remote_message if isinstance(error, RemoteError) else str(error)
-    facts = {k: v for k, v in error.facts.items() if v is not None} if isinstance(error, RemoteError) else {}
+    assert outcome.error is not None
     return VerifyResult(
         verdict="failed", messages=[], sorries=[], time_ms=round(outcome.elapsed_s * 1e3, 2),
-        error=ResultError(_error_code(error), _first_line(text), facts), **common,
+        error=result_error(outcome.error), **common,
     )
 
 

@@ -32,8 +32,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lean_worker import __version__
-from lean_worker._errors import RemoteError, RequestTimeout, WorkerError
+from lean_worker._errors import RequestTimeout, WorkerError
 from lean_worker._pool import Outcome
+from lean_worker._verify import result_error
 from lean_worker.lean import CheckRequest, CheckResult, LeanTimeout
 from lean_worker.session import Session
 from lean_worker_protocol.lean_session import ApplyRequest, GoalsRequest, RunRequest, StartRequest
@@ -381,11 +382,8 @@ class _Streamed(StreamingResponse):
 
 
 def _item_error(error: WorkerError) -> ItemError:
-    if isinstance(error, RemoteError):
-        facts = {k: v for k, v in error.facts.items() if v is not None}
-        return ItemError(error.remote_code, error.remote_message.splitlines()[0][:1000] if error.remote_message else "",
-                         facts)
-    return ItemError(error.code, str(error).splitlines()[0][:1000] if str(error) else "")
+    found = result_error(error, limit=1000)
+    return ItemError(found.code, found.message, found.facts)
 
 
 _SESSION_STATUS = {

@@ -29,8 +29,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from lean_worker._errors import RemoteError, WorkerError
+from lean_worker._errors import WorkerError
 from lean_worker._pool import Outcome
+from lean_worker._verify import _error_code, _error_text
 from lean_worker.lean import CheckRequest, CheckResult, Message, Pos
 
 _Seconds = Annotated[float, msgspec.Meta(ge=0)]
@@ -70,16 +71,11 @@ TIMEOUT_CODES = frozenset({"lean.timeout", "worker.request_timeout", "service.de
 """Item errors a Kimina client must count as timeouts: their text says "timed out"."""
 
 
-def error_code(error: WorkerError) -> str:
-    return error.remote_code if isinstance(error, RemoteError) else error.code
-
-
 def error_text(error: WorkerError, limit: int = 1000) -> str:
     """One line for an item's ``error``: its stable code, then what happened. A timeout
     says "timed out" (what the client's ``analyze()`` looks for); nothing else does."""
-    code = error_code(error)
-    text = error.remote_message if isinstance(error, RemoteError) else str(error)
-    line = (text.splitlines() or [""])[0]
+    code = _error_code(error)
+    line = (_error_text(error).splitlines() or [""])[0]
     if code in TIMEOUT_CODES:
         if "timed out" not in line:
             line = f"timed out: {line}"

@@ -14,9 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from lean_worker._pool import Outcome
+from lean_worker._verify import _error_code
 
 from ._backend import BackendStats
-from ._kimina import error_code
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -87,7 +87,7 @@ class Metrics:
             self.checks.labels(value.verdict).inc()
         else:
             self.checks.labels("failed").inc()
-            self.errors.labels(error_code(outcome.error)).inc()
+            self.errors.labels(_error_code(outcome.error)).inc()
         self.latency.observe(seconds)
 
     def render(self, stats: BackendStats) -> bytes:
