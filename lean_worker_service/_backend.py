@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from lean_worker import Pool
 from lean_worker._pool import Outcome
-from lean_worker._verify import _open_cluster, build_fixtures
+from lean_worker._verify import _open_cluster, node_config
 from lean_worker.lean import CHECK, TOOLCHAIN, CheckRequest, CheckResult, ToolchainQuery, ToolchainReport
 
 from ._errors import HttpError, RequestDeadlineExceeded
@@ -76,10 +76,9 @@ class Backend:
             self.pool = await self._stack.__aenter__()
             self.workers = (await self.pool.snapshot()).workers
         else:
-            extra: list[str] = []
-            if opts.fixtures:
-                extra.append((await build_fixtures(lean=opts.lean, project=opts.project)).library_root)
-            self.pool = Pool(opts.worker_config(extra), size=opts.workers, queue_timeout_s=self.options.request_deadline_s)
+            # The config verify's nodes compute (the fixtures built first, when asked for).
+            config = await node_config(opts)
+            self.pool = Pool(config, size=opts.workers, queue_timeout_s=self.options.request_deadline_s)
             self._stack = self.pool
             await self.pool.__aenter__()
             self.workers = opts.workers
