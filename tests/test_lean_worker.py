@@ -8,6 +8,7 @@ hash); snippets are the files in ``lean/snippets``.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from lean_worker.lean import (
     ToolchainQuery,
     lean_config,
 )
+from lean_worker_protocol import BOOTSTRAP_ENV
+from tests.lean_io_probes import getenv_snippet, shown_by_eval
 
 SNIPPETS = Path(__file__).resolve().parents[1] / "lean" / "snippets"
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -356,3 +359,13 @@ async def test_columns_count_code_points_in_both_engines(config) -> None:  # typ
         error = next(m for m in result.messages if m.severity == "error")
         assert (error.pos.line, error.pos.column) == (line, column + shift), result.session
     assert [(m.pos, m.end_pos) for m in warm.messages] == [(m.pos, m.end_pos) for m in cold.messages]
+
+
+async def test_lean_code_does_not_see_the_workers_bootstrap_variable(config) -> None:  # type: ignore[no-untyped-def]
+    # Found by the Lean probes: the engines copied the environment before the child removed
+    # LEAN_WORKER_BOOTSTRAP from it, so every Lean process (and its snippets) saw it.
+    async with Worker(config()) as worker:
+        shown = shown_by_eval(await worker.call(CHECK, CheckRequest(getenv_snippet(BOOTSTRAP_ENV))))
+        home = shown_by_eval(await worker.call(CHECK, CheckRequest(getenv_snippet("HOME"))))
+    assert shown == "<unset>"
+    assert home == os.environ["HOME"]  # the probe does read the environment
