@@ -21,7 +21,7 @@ from lean_worker_protocol import (
 from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorItem, DoctorReport
 
 from ._clock import Clock, ManualClock
-from ._config import ChildCommand, ChildEnv, RestartPolicy, RestartReason, WorkerConfig
+from ._config import ChildCommand, ChildEnv, RestartPolicy, RestartReason, Sandbox, WorkerConfig
 from ._errors import (
     BadRequest,
     ChannelClosed,
@@ -46,6 +46,7 @@ from ._errors import (
     RequestTooLarge,
     ResponseDecodeError,
     RestartLimitExceeded,
+    SandboxUnavailable,
     SchemaMismatch,
     SchemaViolation,
     StartupError,
@@ -68,6 +69,7 @@ from ._sync_pool import SyncLease, SyncPool
 from ._worker import (
     DEFAULT,
     RowBatch,
+    SandboxStatus,
     ShutdownReport,
     StreamCall,
     StreamSummary,
@@ -98,10 +100,12 @@ __all__ = [
     "RestartPolicy",
     "RestartReason",
     "Rlimits",
+    "Sandbox",
     "WorkerConfig",
     # One worker
     "DEFAULT",
     "RowBatch",
+    "SandboxStatus",
     "ShutdownReport",
     "StreamCall",
     "StreamSummary",
@@ -146,6 +150,7 @@ __all__ = [
     "RequestTooLarge",
     "ResponseDecodeError",
     "RestartLimitExceeded",
+    "SandboxUnavailable",
     "SchemaMismatch",
     "SchemaViolation",
     "StartupError",

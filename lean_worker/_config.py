@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import fnmatch
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-from lean_worker_protocol import DEFAULT_MAX_FRAME_BYTES, Rlimits
+from lean_worker_protocol import DEFAULT_MAX_FRAME_BYTES, Rlimits, SandboxSpec
 from lean_worker_protocol._codec import check_max_frame_bytes
 
 DEFAULT_INHERITED_ENV: tuple[str, ...] = (
@@ -107,6 +109,63 @@ _PLANNED = frozenset(
 )
 
 
+SandboxMode = Literal["off", "auto", "required"]
+SANDBOX_MODES: tuple[str, ...] = get_args(SandboxMode)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Whether and how a child runs sandboxed (architecture/120-sandbox.md).
+
+    ``mode``: ``off``; ``required`` (the child runs in new user, PID, network and mount
+    namespaces, or the worker does not start: ``SandboxUnavailable`` says why and how to fix
+    it); ``auto`` (sandboxed where the machine allows it; elsewhere the worker runs
+    unsandboxed, says so with a warning, and ``Worker.sandbox`` reports why).
+
+    Inside, the filesystem is read-only and holds only the system directories, the child's
+    interpreter and packages, what the child declares (the Lean worker: its toolchain and
+    search path) and ``read_paths``; ``/scratch`` (``TMPDIR``) is a private tmpfs of ``scratch_bytes``, also
+    the largest file a process may write; ``processes`` bounds the tasks (processes and
+    threads) in the PID namespace. There is no network.
+    """
+
+    mode: SandboxMode = "off"
+    read_paths: tuple[str, ...] = ()
+    scratch_bytes: int = 64 * 1024 * 1024
+    processes: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.mode not in SANDBOX_MODES:
+            raise ValueError(f"sandbox mode must be one of {', '.join(SANDBOX_MODES)}; got {self.mode!r}")
+        if isinstance(self.read_paths, str | os.PathLike):
+            raise ValueError("read_paths takes a sequence of paths, not one path")
+        object.__setattr__(self, "read_paths", tuple(os.path.abspath(os.fspath(p)) for p in self.read_paths))
+        if "/" in self.read_paths:
+            raise ValueError("read_paths cannot include / (the sandbox shows the host only path by path)")
+        if self.scratch_bytes < 1024 * 1024:
+            raise ValueError(f"scratch_bytes must be at least 1 MiB; got {self.scratch_bytes}")
+        if self.processes < 16:
+            raise ValueError(f"processes must be at least 16 (Python and Lean start threads); got {self.processes}")
+
+    @classmethod
+    def of(cls, value: Sandbox | str | None) -> Sandbox:
+        """A ``Sandbox`` from itself, a mode name, or ``None`` (off)."""
+        if value is None:
+            return cls()
+        if isinstance(value, Sandbox):
+            return value
+        if isinstance(value, str):
+            return cls(mode=value)  # type: ignore[arg-type]
+        raise TypeError(f"sandbox takes a Sandbox or one of {', '.join(SANDBOX_MODES)}; got {value!r}")
+
+    def with_paths(self, paths: Sequence[str | os.PathLike[str]]) -> Sandbox:
+        """This sandbox with ``paths`` also readable."""
+        return dataclasses.replace(self, read_paths=(*self.read_paths, *(os.fspath(p) for p in paths)))
+
+    def spec(self) -> SandboxSpec:
+        return SandboxSpec(read_paths=self.read_paths, scratch_bytes=self.scratch_bytes, processes=self.processes)
+
+
 def _positive(name: str, value: float | None) -> None:
     if value is not None and not value > 0:  # also refuses NaN, which compares false
         raise ValueError(f"{name} must be positive or None; got {value}")
@@ -165,6 +224,9 @@ class WorkerConfig:
     env: ChildEnv = field(default_factory=ChildEnv)
     cwd: str | None = None
     rlimits: Rlimits = field(default_factory=Rlimits)
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    """Off by default for a generic worker (its own trusted code); ``"auto"`` or
+    ``"required"`` (or a ``Sandbox``) for a child that runs untrusted input."""
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     startup_timeout_s: float = 30.0
     request_timeout_s: float | None = 300.0
@@ -191,6 +253,7 @@ class WorkerConfig:
     (the pool then remembers 8)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "sandbox", Sandbox.of(self.sandbox))
         check_max_frame_bytes(self.max_frame_bytes)
         for name in ("startup_timeout_s", "cancel_grace_s", "shutdown_grace_s", "kill_grace_s", "row_flush_interval_s"):
             _positive(name, getattr(self, name))

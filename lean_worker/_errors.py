@@ -5,6 +5,7 @@
     ├── StartupError                     worker.startup.failed
     │   ├── StartupTimeout               worker.startup.timeout
     │   ├── HandshakeError               worker.startup.handshake_failed
+    │   ├── SandboxUnavailable           worker.sandbox.unavailable    sandbox='required' cannot hold
     │   └── ChildNotFound                worker.child_not_found        resolve_child found no child
     ├── RestartLimitExceeded             worker.restart_limit
     └── RequestError                     (one request failed; the worker lives on)
@@ -127,6 +128,28 @@ class HandshakeError(StartupError):
         """Set when the child speaks another protocol version."""
         self.child_worker = child_worker
         """``name version`` the child announced, when it got as far as a ``Hello``."""
+        super().__init__(message, exit=exit)
+
+
+class SandboxUnavailable(StartupError):
+    """The child could not build the sandbox it was required to run in (``sandbox='required'``).
+
+    ``step`` names what failed (``unshare``, ``uid_map``, ``mount``, ``proc``...), ``path``
+    the path involved, ``errno`` the system error, ``fix`` what to change on the machine.
+    Not retried: the machine, not the child, has to change."""
+
+    code = "worker.sandbox.unavailable"
+
+    def __init__(
+        self, message: str, *, step: str, fix: str, reason: str = "", path: str | None = None,
+        errno: str | None = None, exit: ExitInfo | None = None,
+    ) -> None:
+        self.step = step
+        self.fix = fix
+        self.path = path
+        self.errno = errno
+        self.reason = reason or message
+        """What failed and how to fix it, in one line (``step=... errno=...: ...; fix: ...``)."""
         super().__init__(message, exit=exit)
 
 

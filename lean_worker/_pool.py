@@ -70,6 +70,7 @@ from ._errors import (
     RestartLimitExceeded,
     WorkerError,
 )
+from ._types import SandboxStatus
 from ._worker import (
     DEFAULT,
     DiagnosticCallback,
@@ -109,6 +110,8 @@ class WorkerSnapshot:
     the worker is out of rotation. 0: in rotation."""
     states: int = 0
     """Warm state ids remembered (``Lease.remember``)."""
+    sandbox: SandboxStatus | None = None
+    """Whether this worker's children run sandboxed (``Worker.sandbox``)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,23 @@ class PoolSnapshot:
     state_hits: int = 0
     """Leases with ``prefer`` that went to a worker holding one of the preferred states."""
     state_misses: int = 0
+
+
+def _only_worker_errors(exc: BaseException) -> WorkerError | None:
+    """The first error of a group made only of ``WorkerError``s, else ``None``."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(reversed(e.exceptions))
+        else:
+            leaves.append(e)
+    if leaves and all(isinstance(e, WorkerError) for e in leaves):
+        return leaves[0]  # type: ignore[return-value]
+    return None
 
 
 @dataclass
@@ -312,9 +332,14 @@ class Pool:
             async with anyio.create_task_group() as tg:
                 for slot in self._slots:
                     tg.start_soon(slot.worker.start)
-        except BaseException:
+        except BaseException as exc:
             await self.close()
             await self._stack.aclose()
+            # Workers fail to start together for one reason (no toolchain, no sandbox): raise
+            # the first worker's typed error, not a group of them the caller cannot match.
+            first = _only_worker_errors(exc)
+            if first is not None:
+                raise first from exc
             raise
         for slot in self._slots:
             slot.generation = slot.worker.generation
@@ -603,7 +628,7 @@ class Pool:
             workers.append(WorkerSnapshot(
                 slot.index, slot.worker.generation, slot.busy, slot.worker.pid, list(slot.keys),
                 stats.requests, stats.imports, dict(stats.restarts), rss, slot.worker.restart_blocked_s(),
-                len(slot.states),
+                len(slot.states), slot.worker.sandbox,
             ))
         readings = [w.rss_bytes for w in workers if w.rss_bytes is not None]
         c = self._counts

@@ -31,12 +31,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import anyio
+import msgspec
 
 from lean_worker_protocol import PROTOCOL_VERSION, Command, Hello
-from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorReport, DoctorRequest, Severity
+from lean_worker_protocol.probe import DOCTOR, CheckItem, CheckReport, DoctorItem, DoctorReport, DoctorRequest, Severity
 
 from ._config import WorkerConfig
-from ._errors import ChildNotFound, HandshakeError, StartupError, StartupTimeout, WorkerError
+from ._errors import ChildNotFound, HandshakeError, SandboxUnavailable, StartupError, StartupTimeout, WorkerError
 from ._worker import Worker
 
 __all__ = [
@@ -93,6 +94,8 @@ async def check(
             assert hello is not None  # set once the handshake passed
             items.append(_handshake_item(hello))
             items += _command_items(hello, expect)
+            if worker.sandbox.mode != "off":
+                items.append(await sandbox_item(worker))
             for step in DEFAULT_STEPS if steps is None else steps:
                 found = await _run_step(step, worker)
                 items += found
@@ -134,6 +137,9 @@ def _module_of(config: WorkerConfig) -> str | None:
 async def _startup_items(config: WorkerConfig, child: CheckItem, exc: StartupError) -> list[CheckItem]:
     """What the failed start says: the child item, then why it did not come up."""
     message = str(exc)
+    if isinstance(exc, SandboxUnavailable):
+        return [child, _item("check.sandbox_unavailable", "error", "sandbox", exc.reason.split("; fix: ")[0],
+                             f"{exc.fix}; or run with --sandbox off for trusted input only")]
     if isinstance(exc, HandshakeError):
         if exc.child_protocol is not None:
             return [child, _item(
@@ -248,6 +254,26 @@ async def _doctor_item(worker: Worker) -> CheckItem:
                  f"answered in {elapsed_ms:.1f} ms with {len(report.items)} doctor items ({errors} errors)")
 
 
+async def sandbox_item(worker: Worker) -> CheckItem:
+    """What the sandbox enforces here (the child's ``worker.sandbox`` doctor item), for a
+    worker asked to run in one; a warning when ``auto`` fell back, naming why."""
+    status = worker.sandbox
+    if status.fallback_reason:
+        return _item("check.sandbox_fallback", "warning", "sandbox",
+                     f"NOT SANDBOXED: sandbox={status.mode} fell back to running the child unsandboxed; "
+                     f"{status.fallback_reason.split('; fix: ')[0]}",
+                     status.fallback_reason.split("; fix: ")[-1])
+    try:
+        report = await worker.call(DOCTOR, DoctorRequest())
+    except WorkerError as exc:
+        return _item("check.sandbox_active", "ok", "sandbox", f"active (its report failed: {exc.code})")
+    own = next((i for i in report.items if i.name == SANDBOX_ITEM), None)
+    return _item("check.sandbox_active", "ok", "sandbox", own.message if own else "active")
+
+
+SANDBOX_ITEM = "worker.sandbox"
+"""The doctor item in which a child says whether and how it is sandboxed."""
+
 DEFAULT_STEPS: tuple[ProbeStep, ...] = (doctor_roundtrip,)
 """The steps of a ``check`` that names none: any worker child serves ``worker.doctor``."""
 
@@ -258,7 +284,13 @@ async def doctor(config: WorkerConfig) -> DoctorReport:
     Raises what starting the child raises (``StartupError``...), and ``SchemaMismatch`` for
     a child built before ``worker.doctor`` existed."""
     async with Worker(config) as worker:
-        return await worker.call(DOCTOR, DoctorRequest())
+        report: DoctorReport = await worker.call(DOCTOR, DoctorRequest())
+        status = worker.sandbox
+    if status.fallback_reason:  # the child cannot know it was meant to be sandboxed: say so loudly
+        reason, _, fix = status.fallback_reason.partition("; fix: ")
+        loud = DoctorItem(SANDBOX_ITEM, "warning", f"NOT SANDBOXED: sandbox={status.mode} fell back; {reason}", fix)
+        report = msgspec.structs.replace(report, items=[*(i for i in report.items if i.name != SANDBOX_ITEM), loud])
+    return report
 
 
 def check_sync(

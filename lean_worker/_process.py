@@ -24,7 +24,7 @@ import anyio
 import msgspec
 
 from lean_worker_exit import oom_kill_count
-from lean_worker_protocol import BOOTSTRAP_ENV, Bootstrap
+from lean_worker_protocol import BOOTSTRAP_ENV, Bootstrap, SandboxSpec
 
 from ._config import WorkerConfig
 
@@ -72,7 +72,7 @@ def _pipe() -> tuple[int, int]:
 class ChildProcess:
     """A spawned child and the parent's ends of its pipes."""
 
-    def __init__(self, config: WorkerConfig, generation: int) -> None:
+    def __init__(self, config: WorkerConfig, generation: int, *, sandbox: SandboxSpec | None = None) -> None:
         self.config = config
         self.generation = generation
         to_child_r, to_child_w = _pipe()
@@ -86,6 +86,7 @@ class ChildProcess:
             generation=generation,
             max_frame_bytes=config.max_frame_bytes,
             rlimits=config.rlimits,
+            sandbox=sandbox,
         )
         env = config.env.build()
         env[BOOTSTRAP_ENV] = msgspec.json.encode(boot).decode()

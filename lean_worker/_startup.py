@@ -9,11 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from lean_worker_protocol import PROTOCOL_VERSION, CommandInfo, FrameEncoder, Hello, ProtocolError, Welcome
+import msgspec
+
+from lean_worker_protocol import (
+    PROTOCOL_VERSION,
+    SANDBOX_ERROR_MARK,
+    SANDBOX_EXIT_CODE,
+    CommandInfo,
+    FrameEncoder,
+    Hello,
+    ProtocolError,
+    SandboxFailure,
+    Welcome,
+)
 
 from ._channel import Channel, ChannelEOF, ChannelInterrupted, ChannelTimeout
 from ._config import RestartReason, WorkerConfig
-from ._errors import HandshakeError, StartupError, StartupTimeout
+from ._errors import HandshakeError, SandboxUnavailable, StartupError, StartupTimeout
 from ._exit import ExitInfo
 from ._process import ChildProcess
 from ._rss import TreeMemory
@@ -97,3 +109,29 @@ async def handshake(gen: Generation, config: WorkerConfig, encoder: FrameEncoder
         await gen.child.kill(RestartReason.STARTUP_FAILURE)
         raise StartupError(f"worker {name} child did not take its Welcome", exit=gen.exit_info) from None
     return frame
+
+
+def sandbox_unavailable(exc: BaseException, config: WorkerConfig) -> SandboxUnavailable | None:
+    """The typed error for a start-up that failed because the child could not build its
+    sandbox (its exit status and its one marked stderr line say so); else ``None``."""
+    exit = exc.exit if isinstance(exc, StartupError) else None
+    if exit is None or exit.returncode != SANDBOX_EXIT_CODE:
+        return None
+    for line in reversed(exit.stderr_tail.splitlines()):
+        if line.startswith(SANDBOX_ERROR_MARK):
+            try:
+                failure = msgspec.json.decode(line[len(SANDBOX_ERROR_MARK):], type=SandboxFailure)
+            except msgspec.DecodeError:
+                return None
+            break
+    else:
+        return None
+    facts = "".join(f" {k}={v}" for k, v in (("path", failure.path), ("errno", failure.errno)) if v)
+    fix = failure.fix
+    if config.sandbox.mode == "required":
+        fix += "; or choose sandbox='auto' to run unsandboxed where it cannot be built (trusted input only)"
+    reason = f"step={failure.step}{facts}: {failure.message}; fix: {fix}"
+    return SandboxUnavailable(
+        f"worker {config.name} cannot build its sandbox; {reason}", reason=reason,
+        step=failure.step, fix=fix, path=failure.path, errno=failure.errno, exit=exit,
+    )

@@ -22,6 +22,7 @@ from lean_worker_protocol import Call, Diagnostic, Hello, Progress, Stream
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import RestartPolicy, WorkerConfig
 from ._errors import WorkerClosed
+from ._types import SandboxStatus
 from ._worker import (
     DEFAULT,
     entered_as,
@@ -189,6 +190,10 @@ class SyncWorker:
     @property
     def hello(self) -> Hello | None:
         return self._parts()[1].hello
+
+    @property
+    def sandbox(self) -> SandboxStatus:
+        return self._parts()[1].sandbox
 
     def stats(self) -> WorkerStats:
         return self._parts()[1].stats()

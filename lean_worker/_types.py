@@ -51,6 +51,25 @@ class WorkerStats:
     above the ceiling right after its handshake: cycling could not help, so no loop."""
 
 
+@dataclass(frozen=True)
+class SandboxStatus:
+    """Whether a worker's children run sandboxed (``Worker.sandbox``)."""
+
+    mode: str
+    """The configured mode: ``off``, ``auto`` or ``required``."""
+    active: bool
+    """Children are started in the sandbox."""
+    fallback_reason: str | None = None
+    """With ``auto``: why the sandbox could not be built here, so children run without it."""
+
+    def describe(self) -> str:
+        if self.active:
+            return f"sandbox {self.mode}: active"
+        if self.fallback_reason:
+            return f"sandbox {self.mode}: NOT ACTIVE, running unsandboxed; {self.fallback_reason}"
+        return "sandbox off"
+
+
 @dataclass(frozen=True, slots=True)
 class RowBatch(Generic[RowT]):
     """Rows of one stream as they arrived; ``seq`` is the index of the first row."""

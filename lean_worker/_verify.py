@@ -66,9 +66,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from lean_worker_protocol import lean as _protocol
 
-from ._config import RestartPolicy, WorkerConfig
+from ._config import SANDBOX_MODES, RestartPolicy, SandboxMode, WorkerConfig
 from ._errors import RemoteError, WorkerError
 from ._pool import Outcome, Pool, PoolSnapshot
+from ._types import SandboxStatus
 from ._worker import Worker
 from .lean import (
     CHECK,
@@ -277,6 +278,9 @@ class VerifySummary(msgspec.Struct, frozen=True):
     """On a Ray cluster: one entry per node that was ever used."""
     retried: int = 0
     """On a Ray cluster: items sent again because their node died under them."""
+    sandbox: str = ""
+    """Whether the checks ran sandboxed (``required: active``, ``off``), or with ``auto``
+    why they did not (``auto: NOT ACTIVE, ...``)."""
 
     @property
     def complete(self) -> bool:
@@ -291,6 +295,8 @@ class VerifySummary(msgspec.Struct, frozen=True):
         rows.append(("imports", str(self.imports)))
         rows.append(("restarts", ", ".join(f"{k}={v}" for k, v in sorted(self.restarts.items())) or "0"))
         rows.append(("workers", str(self.workers)))
+        if self.sandbox:
+            rows.append(("sandbox", self.sandbox))
         if self.nodes:
             rows += [(f"  node {i}", n.render()) for i, n in enumerate(self.nodes)]
             rows.append(("retried", str(self.retried)))
@@ -338,6 +344,11 @@ class VerifyOptions:
     ``pip install 'lean-worker[ray]'``). ``workers`` is then ignored."""
     workers_per_node: int | None = None
     """With ``ray``: workers per node (default: the node's CPUs)."""
+    sandbox: SandboxMode = "auto"
+    """Check in a sandbox (architecture/120-sandbox.md): ``auto`` by default, since snippets
+    are untrusted and may run code while they elaborate; where the machine cannot build
+    one, the batch runs unsandboxed and the summary says so. ``required`` refuses to start
+    instead (``SandboxUnavailable``); ``off`` for trusted input."""
 
     def __post_init__(self) -> None:
         _at_least_one("workers", self.workers, optional=False)
@@ -352,6 +363,8 @@ class VerifyOptions:
             raise VerifyOptionError("timeout_s", self.timeout_s, "a finite number of seconds > 0")
         if self.engine not in ("warm", "cold"):
             raise VerifyOptionError("engine", self.engine, "'warm' or 'cold'")
+        if self.sandbox not in SANDBOX_MODES:
+            raise VerifyOptionError("sandbox", self.sandbox, " or ".join(f"'{m}'" for m in SANDBOX_MODES))
         if isinstance(self.search_path, str | os.PathLike):
             raise VerifyOptionError("search_path", self.search_path, "a sequence of directories, not one path")
         for path in self.search_path:
@@ -373,6 +386,7 @@ class VerifyOptions:
                 rss_ceiling_bytes=self.rss_ceiling_bytes,
             ),
             request_timeout_s=self.timeout_s + 30.0,  # the child's own deadline fires first
+            sandbox=self.sandbox,
         )
 
 
@@ -608,6 +622,7 @@ class VerifyRun:
             elapsed_s=ended - self._started,
             nodes=stats.nodes,
             retried=stats.retried,
+            sandbox=stats.sandbox,
         )
 
 
@@ -617,10 +632,23 @@ class _Stats:
     restarts: dict[str, int]
     nodes: list[NodeSummary]
     retried: int
+    sandbox: str = ""
+
+
+def sandbox_line(statuses: Iterable[SandboxStatus | None]) -> str:
+    """One line for the sandbox state of many workers: a fallback wins (it must be seen)."""
+    known = [s for s in statuses if s is not None]
+    if not known:
+        return ""
+    fallen = next((s for s in known if s.fallback_reason), None)
+    if fallen is not None:
+        return f"{fallen.mode}: NOT ACTIVE, checks ran unsandboxed; {fallen.fallback_reason}"
+    return f"{known[0].mode}: active" if known[0].active else "off"
 
 
 def _pool_stats(snap: PoolSnapshot) -> _Stats:
-    return _Stats(sum(w.imports for w in snap.workers), dict(snap.restarts), [], 0)
+    return _Stats(sum(w.imports for w in snap.workers), dict(snap.restarts), [], 0,
+                  sandbox_line(w.sandbox for w in snap.workers))
 
 
 async def _stats_of(pool: Any) -> _Stats:
@@ -637,7 +665,8 @@ async def _stats_of(pool: Any) -> _Stats:
             hits / (hits + misses) if hits + misses else 0.0, node.lost_items, node.out,
         ))
     imports = sum(n.imports for n in nodes)
-    return _Stats(imports, dict(snap.restarts), nodes, snap.retried)
+    statuses = [w.sandbox for node in snap.nodes if node.pool for w in node.pool.workers]
+    return _Stats(imports, dict(snap.restarts), nodes, snap.retried, sandbox_line(statuses))
 
 
 async def build_fixtures(
@@ -860,6 +889,7 @@ def options_from_args(args: argparse.Namespace) -> VerifyOptions:
         max_requests=args.max_requests,
         rss_ceiling_bytes=args.rss_ceiling_mb * MIB if args.rss_ceiling_mb else None,
         lean_memory_mb=args.lean_memory_mb,
+        sandbox=args.sandbox,
     )
 
 

@@ -15,6 +15,7 @@ policy's decisions over a clock), ``_lock`` (the request lock and its holder), `
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections import Counter
@@ -47,13 +48,14 @@ from ._lock import FifoLock, entered_as, owner, run_as
 from ._policy import RestartWindow, idle_due, planned_reason, rss_reason
 from ._process import ChildProcess
 from ._request import Exchange
-from ._startup import Generation, handshake
+from ._startup import Generation, handshake, sandbox_unavailable
 from ._stream import StreamCall
 from ._types import (
     DEFAULT,
     DiagnosticCallback,
     ProgressCallback,
     RowBatch,
+    SandboxStatus,
     ShutdownReport,
     StreamSummary,
     TraceEvent,
@@ -78,6 +80,8 @@ __all__ = [
     "run_as",
     "session_keys_of",
 ]
+
+sandbox_logger = logging.getLogger("lean_worker.sandbox")
 
 ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
@@ -147,6 +151,8 @@ class Worker:
         self._start_on_enter = True
         """The pool enters many workers in one task and starts their children concurrently."""
         self._rss_at_kill = 0
+        self._sandbox_fallback: str | None = None
+        """With ``sandbox='auto'``: why the sandbox failed here; children then run without."""
         self._spin_s = config.spin_wait_us / 1e6
         self._spin: dict[str, _SpinState] = {}
         p = config.restart
@@ -306,6 +312,12 @@ class Worker:
         """The current child's handshake (name, version, commands and fingerprints)."""
         return self._gen.hello if self._gen is not None else None
 
+    @property
+    def sandbox(self) -> SandboxStatus:
+        """Whether this worker's children run sandboxed, and if ``auto`` fell back, why."""
+        mode = self.config.sandbox.mode
+        return SandboxStatus(mode, mode != "off" and self._sandbox_fallback is None, self._sandbox_fallback)
+
     def stats(self) -> WorkerStats:
         gen = self._gen
         stats = replace(self._stats, restarts=dict(self._restarts), generation=self._generation)
@@ -364,12 +376,15 @@ class Worker:
             self._restarts_window.record(self.clock.now())
 
     async def _spawn(self) -> Generation:
+        """Start the next generation and complete its handshake. With ``sandbox='auto'``, a
+        child that cannot build its sandbox is followed at once by one without."""
         self._check_restart_limit()
         assert self._tg is not None
         generation = self._generation + 1
         t0 = time.monotonic()
+        spec = self.config.sandbox.spec() if self.sandbox.active else None
         try:
-            child = ChildProcess(self.config, generation)
+            child = ChildProcess(self.config, generation, sandbox=spec)
         except OSError as exc:
             self._record_end(RestartReason.STARTUP_FAILURE)
             raise StartupError(
@@ -383,11 +398,18 @@ class Worker:
         deadline = anyio.current_time() + self.config.startup_timeout_s
         try:
             hello = await handshake(gen, self.config, self._encoder, deadline)
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await child.kill(RestartReason.STARTUP_FAILURE)
                 self._dispose(gen)
-            raise
+            unavailable = sandbox_unavailable(exc, self.config) if spec is not None else None
+            if unavailable is None:
+                raise
+            if self.config.sandbox.mode == "required":
+                raise unavailable from None
+            self._sandbox_fallback = unavailable.reason
+            sandbox_logger.warning("worker %s: %s", self.config.name, self.sandbox.describe())
+            return await self._spawn()
         gen.channel.on_unsolicited = lambda: self._on_unsolicited(gen)
         gen.hello = hello
         gen.served = {c.name: c for c in hello.commands}

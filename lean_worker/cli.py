@@ -183,6 +183,9 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--module", metavar="M", help="python -m M with this interpreter")
     where.add_argument("--child-arg", action="append", default=[], metavar="ARG", help="an argument for the child (repeatable)")
     _lean_arguments(parser.add_argument_group("the Lean worker (default target only)"))
+    parser.add_argument("--sandbox", choices=("off", "auto", "required"), default=None,
+                        help="start the child sandboxed and report what the sandbox enforces here "
+                             "(default: auto for the Lean worker, off for another child)")
     _timeout_argument(parser, "seconds for start-up and for each request")
     _json_argument(parser)
 
@@ -196,7 +199,8 @@ def _target_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
         if args.child_arg:
             parser.error("--child-arg needs --env-var, --executable, --sibling or --module")
-        config = lean_config(lean=args.lean, project=args.project, search_path=args.search_path, **timeouts)
+        config = lean_config(lean=args.lean, project=args.project, search_path=args.search_path,
+                             sandbox=args.sandbox or "auto", **timeouts)
         return config, True
     if args.lean or args.project or args.search_path:
         parser.error("--lean, --project and --search-path apply only to the first-party Lean worker (the default target)")
@@ -206,7 +210,7 @@ def _target_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         env=args.env_var, path=args.executable, sibling=args.sibling, module=args.module, args=args.child_arg
     )
     name = args.sibling or args.module or Path(child.argv[0]).name
-    return WorkerConfig(child=child, name=name, **timeouts), False  # type: ignore[arg-type]
+    return WorkerConfig(child=child, name=name, sandbox=args.sandbox or "off", **timeouts), False  # type: ignore[arg-type]
 
 
 def _expected(specs: Sequence[str], parser: argparse.ArgumentParser) -> list[Command]:
@@ -282,7 +286,7 @@ def _verify(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
-def _pool_arguments(parser: argparse.ArgumentParser, timeout_help: str) -> None:
+def _pool_arguments(parser: argparse.ArgumentParser, timeout_help: str, *, sandbox: str) -> None:
     """The Lean pool's options, shared by ``verify`` and ``serve`` (``options_from_args``)."""
     parser.add_argument("-j", "--workers", type=_at_least_one, default=None,
                         help="pool size (default: the number of CPUs); with --ray, workers per node "
@@ -298,6 +302,10 @@ def _pool_arguments(parser: argparse.ArgumentParser, timeout_help: str) -> None:
     parser.add_argument("--lean-memory-mb", type=_at_least_one, help="Lean's own memory limit per Lean process (lean -M)")
     parser.add_argument("--max-sessions", type=_at_least_one, default=8, help="warm headers kept per worker (default 8)")
     parser.add_argument("--engine", choices=("warm", "cold"), default="warm")
+    parser.add_argument("--sandbox", choices=("off", "auto", "required"), default=sandbox,
+                        help="check in new user, PID, network and mount namespaces with a read-only filesystem "
+                             f"(default {sandbox}; auto: unsandboxed, and said so, where the machine cannot; "
+                             "see architecture/120-sandbox.md)")
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -316,7 +324,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                         help="check against the bundled library, which a Lean worker builds for its toolchain "
                              "(and, with no SNIPPETS, check the bundled snippets)")
     verify.add_argument("-o", "--output", default="-", type=_writable, help="where JSONL results go (default: stdout)")
-    _pool_arguments(verify, "seconds per snippet; past it that snippet's Lean process is killed")
+    _pool_arguments(verify, "seconds per snippet; past it that snippet's Lean process is killed", sandbox="auto")
     verify.add_argument("--strict", action="store_true", help="exit 1 if any snippet is not ok")
     verify.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
     verify.set_defaults(func=_verify)
@@ -347,7 +355,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        help="require 'Authorization: Bearer KEY' (default: $LEAN_WORKER_API_KEY; unset: no auth)")
     serve.add_argument("--fixtures", action="store_true",
                        help="put the bundled library on the search path (a Lean worker builds it for its toolchain)")
-    _pool_arguments(serve, "seconds per snippet when a request gives none")
+    _pool_arguments(serve, "seconds per snippet when a request gives none", sandbox="required")
     serve.add_argument("--max-timeout", type=_seconds, default=300.0,
                        help="the largest per-snippet timeout a request may ask for (default 300)")
     serve.add_argument("--request-deadline", type=_seconds, default=500.0,

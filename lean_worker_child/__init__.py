@@ -10,6 +10,13 @@ from ._app import WorkerApp
 from ._boot import popen_kwargs
 from ._connection import Cancelled, RequestContext
 
+
+def sandboxed() -> bool:
+    """Whether this child runs in a sandbox (the parent asked for one and it holds)."""
+    from . import _boot
+
+    return _boot.sandbox_report is not None
+
 __all__ = [
     "DEFAULT_STREAM",
     "Call",
@@ -21,4 +28,5 @@ __all__ = [
     "Stream",
     "WorkerApp",
     "popen_kwargs",
+    "sandboxed",
 ]

@@ -26,13 +26,15 @@ from lean_worker_protocol import (
     ProtocolError,
     Request,
     Response,
+    SANDBOX_ERROR_MARK,
+    SANDBOX_EXIT_CODE,
     Shutdown,
     Stream,
     Welcome,
 )
 from lean_worker_protocol.probe import DOCTOR, SEVERITIES, DoctorItem, DoctorReport, DoctorRequest
 
-from . import _boot
+from . import _boot, _sandbox
 from ._connection import Cancelled, Connection, ProtocolBroken, RequestContext
 
 _MESSAGE_LIMIT = 4 * 1024
@@ -65,6 +67,20 @@ def _error(exc: BaseException, code: str | None = None) -> ErrorInfo:
         message=_bounded(str(exc), _MESSAGE_LIMIT),
         traceback=_bounded("".join(traceback.format_exception(exc)), _TRACEBACK_LIMIT, keep_tail=True),
         facts=_facts(exc),
+    )
+
+
+def _sandbox_item(report: _sandbox.SandboxReport) -> DoctorItem:
+    """What the sandbox this child runs in enforces (a child without one has no item: the
+    parent knows whether it asked for one)."""
+    unbounded = not report.nproc_enforced and report.pid_max is None
+    return DoctorItem(
+        "worker.sandbox", "warning" if unbounded else "ok", "sandboxed: " + "; ".join(report.enforced()),
+        "Linux 6.14+ bounds the processes of host root's sandboxes (a per-namespace pid_max); "
+        "or run the workers as another user" if unbounded else "",
+        data={"active": "true", "readable": str(len(report.readable)), "pid_max": str(report.pid_max or ""),
+              "nproc_enforced": str(report.nproc_enforced).lower(), "scratch_bytes": str(report.scratch_bytes),
+              "missing": ", ".join(report.missing)[:1000]},
     )
 
 
@@ -156,6 +172,8 @@ class WorkerApp:
                 else:
                     message = f"doctor contributor produced {item!r:.200}, not a DoctorItem with a known severity"
                     items.append(DoctorItem(name, "error", message))
+        if _boot.sandbox_report is not None:
+            items.append(_sandbox_item(_boot.sandbox_report))
         return DoctorReport(self.name, self.version, items)
 
     @property
@@ -166,12 +184,24 @@ class WorkerApp:
     def command_infos(self) -> tuple[CommandInfo, ...]:
         return tuple(_info(c) for c in self.commands)
 
-    def serve(self) -> NoReturn:
-        """Run as a supervised child until the parent shuts us down. Never returns."""
+    def serve(self, *, readable: Iterable[str] = ()) -> NoReturn:
+        """Run as a supervised child until the parent shuts us down. Never returns.
+
+        ``readable``: paths this app reads after start-up (a toolchain, data files), made
+        visible read-only when the parent asks for a sandbox; the interpreter and its
+        packages always are. Call ``serve`` before starting any thread."""
         boot = _boot.load_bootstrap()
         _boot.tie_to_parent(boot.parent_pid)
+        rlimits = boot.rlimits
+        if boot.sandbox is not None:
+            try:
+                _boot.sandbox_report = _sandbox.enter(boot.sandbox, readable, (boot.read_fd, boot.write_fd))
+            except _sandbox.SandboxError as exc:
+                print(SANDBOX_ERROR_MARK + msgspec.json.encode(exc.failure).decode(), file=sys.stderr, flush=True)
+                os._exit(SANDBOX_EXIT_CODE)
+            rlimits = _sandbox.rlimits(rlimits, boot.sandbox)
         try:
-            _boot.apply_rlimits(boot.rlimits)
+            _boot.apply_rlimits(rlimits, lock=boot.sandbox is not None)
         except (ValueError, OSError) as exc:
             print(f"lean-worker child: cannot apply rlimits {boot.rlimits}: {exc}", file=sys.stderr)
             sys.exit(_boot.EXIT_NOT_SUPERVISED)

@@ -16,6 +16,7 @@ import select
 import signal
 import sys
 import threading
+from typing import Any
 
 import msgspec
 
@@ -40,6 +41,8 @@ def _prctl_pdeathsig(sig: int) -> bool:
 
 current: Bootstrap | None = None
 """This child's bootstrap once ``serve`` has read it (the variable itself is removed)."""
+sandbox_report: Any = None
+"""What the sandbox enforces (a ``_sandbox.SandboxReport``), when this child runs in one."""
 
 
 def load_bootstrap() -> Bootstrap:
@@ -67,21 +70,28 @@ def tie_to_parent(parent_pid: int) -> None:
         os._exit(EXIT_PARENT_GONE)
 
 
-def apply_rlimits(limits: Rlimits) -> None:
+def apply_rlimits(limits: Rlimits, *, lock: bool = False) -> None:
+    """Set the soft limits; with ``lock`` (in a sandbox) the hard limits too, so the code
+    the child runs cannot raise them again."""
     # RLIMIT_CORE=1, not 0: for a core_pattern that pipes to a handler the kernel ignores
     # the limit except for the value 1, which it treats as "no dump" (fs/coredump.c); for
     # file dumps anything below a page writes nothing. So 1 suppresses both kinds.
     _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
-    resource.setrlimit(resource.RLIMIT_CORE, (1 if hard == resource.RLIM_INFINITY or hard >= 1 else 0, hard))
+    core = 1 if hard == resource.RLIM_INFINITY or hard >= 1 else 0
+    resource.setrlimit(resource.RLIMIT_CORE, (core, core if lock else hard))
     pairs = (
         (resource.RLIMIT_AS, limits.address_space_bytes),
         (resource.RLIMIT_CPU, limits.cpu_seconds),
         (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_NPROC, limits.processes),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
     )
     for which, value in pairs:
         if value is not None:
             _soft, hard = resource.getrlimit(which)
-            resource.setrlimit(which, (value, hard))
+            if lock:  # never above the inherited hard limit, which only root could raise
+                value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(which, (value, value if lock else hard))
 
 
 def kill_own_group() -> None:

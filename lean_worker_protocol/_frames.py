@@ -165,6 +165,43 @@ class Rlimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     address_space_bytes: int | None = None
     cpu_seconds: int | None = None
     open_files: int | None = None
+    processes: int | None = None
+    """RLIMIT_NPROC: tasks (processes and threads) of this user. Outside a sandbox it counts
+    every process of the user on the machine; inside one, only the sandbox's. The kernel does
+    not enforce it for root (uid 0); a sandbox also bounds its PID namespace."""
+    file_size_bytes: int | None = None
+    """RLIMIT_FSIZE: the largest file a process may write (a bigger write fails with EFBIG)."""
+
+
+SANDBOX_EXIT_CODE = 5
+"""A child that cannot enter the sandbox it was asked for exits with this status, after
+writing one ``SANDBOX_ERROR_MARK`` line to stderr."""
+SANDBOX_ERROR_MARK = "lean-worker-sandbox-error: "
+"""Prefix of the stderr line (then a ``SandboxFailure`` as JSON) that says why."""
+
+
+class SandboxSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a child builds around itself before its handshake (see architecture/120-sandbox.md).
+
+    New user, PID, network and mount namespaces; the filesystem is a read-only view of the
+    system directories, the child's own interpreter and packages, and ``read_paths``; the one
+    writable place is a private tmpfs of ``scratch_bytes`` at ``/scratch``. ``processes`` bounds
+    the tasks in the PID namespace.
+    """
+
+    read_paths: tuple[str, ...] = ()
+    scratch_bytes: int = 64 * 1024 * 1024
+    processes: int = 1024
+
+
+class SandboxFailure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Why a child could not enter its sandbox: the step, what failed, and how to fix it."""
+
+    step: str
+    message: str
+    fix: str
+    path: str | None = None
+    errno: str | None = None
 
 
 class Bootstrap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -176,3 +213,4 @@ class Bootstrap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     generation: int
     max_frame_bytes: int
     rlimits: Rlimits = Rlimits()
+    sandbox: SandboxSpec | None = None

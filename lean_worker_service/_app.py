@@ -341,6 +341,7 @@ class Service:
                        "max_timeout_s": self.options.max_timeout_s,
                        "request_deadline_s": self.options.request_deadline_s},
             "auth": self.options.api_key is not None,
+            "sandbox": stats.sandbox,
         })
 
     async def metrics_route(self, request: Request) -> Response:

@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from lean_worker import Pool
 from lean_worker._pool import Outcome
-from lean_worker._verify import _open_cluster, node_config
+from lean_worker._verify import _open_cluster, node_config, sandbox_line
 from lean_worker.lean import CHECK, TOOLCHAIN, CheckRequest, CheckResult, ToolchainQuery, ToolchainReport
 
 from ._errors import HttpError, RequestDeadlineExceeded
@@ -51,6 +51,8 @@ class BackendStats:
     """Why the pool cannot serve now; ``None`` when it can."""
     nodes: int = 0
     """On a cluster: nodes taking work."""
+    sandbox: str = ""
+    """Whether checks run sandboxed (``verify``'s summary line: ``required: active``...)."""
 
 
 class Backend:
@@ -181,6 +183,7 @@ class Backend:
                 workers=len(snap.workers), busy=snap.busy, queue_depth=snap.queue_depth, admitted=self.admitted,
                 admitted_limit=self.limit, key_hits=snap.key_hits, key_misses=snap.key_misses,
                 restarts=dict(snap.restarts), rss_bytes=snap.total_rss_bytes, unavailable=unavailable,
+                sandbox=sandbox_line(w.sandbox for w in snap.workers),
             )
         snap = await self.pool.snapshot()  # a lean_worker_ray.ClusterSnapshot
         alive = [n for n in snap.nodes if n.alive]
@@ -194,4 +197,5 @@ class Backend:
             queue_depth=snap.queue_depth, admitted=self.admitted, admitted_limit=self.limit,
             key_hits=snap.key_hits, key_misses=snap.key_misses, restarts=dict(snap.restarts),
             rss_bytes=snap.total_rss_bytes, unavailable=unavailable, nodes=len(alive),
+            sandbox=sandbox_line(w.sandbox for n in snap.nodes if n.pool for w in n.pool.workers),
         )

@@ -28,9 +28,11 @@ class ServiceOptions:
 
     ``pool`` says what checks run on (the same options as ``verify``: workers, toolchain,
     search path, fixtures, engine, restart policy, ``ray``); its ``timeout_s`` is the
-    per-snippet timeout used when a request gives none (or 0)."""
+    per-snippet timeout used when a request gives none (or 0). Its ``sandbox`` defaults to
+    ``required`` here: a service's snippets come from anyone who can reach it, so it does
+    not start where the sandbox cannot hold (``SandboxUnavailable`` says how to fix that)."""
 
-    pool: VerifyOptions = field(default_factory=VerifyOptions)
+    pool: VerifyOptions = field(default_factory=lambda: VerifyOptions(sandbox="required"))
     host: str = "127.0.0.1"
     port: int = 12332
     """Kimina's default port; 0 picks a free one (the listening line says which)."""

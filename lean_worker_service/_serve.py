@@ -16,6 +16,7 @@ import anyio
 import uvicorn
 
 from lean_worker._verify import VerifyError, VerifyOptionError, options_from_args
+from lean_worker import SandboxUnavailable
 from lean_worker.lean import ToolchainNotFound
 
 from ._app import create_app
@@ -92,6 +93,10 @@ async def serve(options: ServiceOptions) -> int:
         except VerifyError as exc:
             _say(f"{exc.code}: {exc}")
             return 2
+        except SandboxUnavailable as exc:
+            reason = exc.reason.replace("sandbox='auto'", "--sandbox auto")  # in the CLI's words
+            _say(f"{exc.code}: {reason}")
+            return 2
         try:
             app = create_app(options, backend)
             config = uvicorn.Config(
@@ -103,7 +108,7 @@ async def serve(options: ServiceOptions) -> int:
             tc = backend.toolchain
             print(f"lean-worker serve: listening on http://{host}:{port} workers={backend.workers} "
                   f"lean={tc.version if tc else '?'} auth={'on' if options.api_key else 'off'} "
-                  f"admitted_limit={backend.limit}", flush=True)
+                  f"admitted_limit={backend.limit} sandbox={(await backend.stats()).sandbox or 'off'}", flush=True)
             await server.serve(sockets=[sock])
         finally:
             # In this task and scope, where it was entered (its workers' task groups); the

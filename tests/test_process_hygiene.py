@@ -151,7 +151,7 @@ def read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:
     return proc.stdout.readline()
 
 
-@pytest.mark.parametrize("mode", ["idle", "busy_native", "grandchild", "grandchild_busy_native"])
+@pytest.mark.parametrize("mode", ["idle", "busy_native", "grandchild", "grandchild_busy_native", "sandboxed"])
 def test_parent_killed_with_sigkill_leaves_no_child_behind(mode: str, tmp_path: Path) -> None:
     ready = tmp_path / "in-native-sleep"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -166,6 +166,9 @@ def test_parent_killed_with_sigkill_leaves_no_child_behind(mode: str, tmp_path: 
         procs = [live(pids["child"])]
         if mode.startswith("grandchild"):
             procs.append(live(pids["grandchild"]))
+        if mode == "sandboxed":  # the sandbox's init and worker go too (the namespace dies with init)
+            assert len(pids["tree"]) == 2
+            procs += [live(pid) for pid in pids["tree"]]
         if mode.endswith("busy_native"):
             deadline = time.monotonic() + 30.0
             while not ready.exists():

@@ -193,6 +193,7 @@ def test_health_and_status_say_the_pool_can_serve(server) -> None:  # type: igno
         assert httpx.get(server.url + path, timeout=10).json() == {"status": "ok"}
     status = httpx.get(server.url + "/v1/status", timeout=10).json()
     assert status["workers"] == 2 and status["lean"]["version"] == "4.35.0" and status["auth"] is False
+    assert status["sandbox"] == "required: active"  # the service's default: untrusted input
 
 
 def test_every_request_has_a_structured_access_log_line(server) -> None:  # type: ignore[no-untyped-def]

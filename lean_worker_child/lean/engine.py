@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import os
 import re
 import subprocess
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +30,7 @@ from lean_worker_protocol.lean_session import SORRY, HoleMode, find_sorries
 
 from .._boot import pdeathsig_preexec
 from .errors import LeanCrashed, LeanTimeout
-from .lsp import FileWorker, _death_detail
+from .lsp import FileWorker, WorkDir, _death_detail
 
 _SEVERITY = {1: "error", 2: "warning", 3: "information", 4: "information"}
 # "declaration uses `sorry`" in Lean 4.35, "declaration uses 'sorry'" before; the LSP
@@ -201,7 +199,7 @@ class WarmEngine:
         self.max_sessions = max_sessions
         self.extra_args = tuple(extra_args)
         self.sessions: OrderedDict[tuple[str, ...], Session] = OrderedDict()
-        self._dir = tempfile.mkdtemp(prefix="lean-worker-sessions-")
+        self._dir = WorkDir("lean-worker-sessions-")
         self._names = itertools.count(1)
         self.imports = 0
 
@@ -212,8 +210,9 @@ class WarmEngine:
         while len(self.sessions) >= self.max_sessions:
             _, old = self.sessions.popitem(last=False)
             old.worker.close()
-        uri = f"file://{self._dir}/Session{next(self._names)}.lean"
-        worker = FileWorker(self.lean, uri=uri, cwd=self._dir, env=self.env, extra_args=self.extra_args)
+        uri = f"file://{self._dir.path}/Session{next(self._names)}.lean"
+        worker = FileWorker(self.lean, uri=uri, cwd=self._dir.path, env=self._dir.env(self.env),
+                            extra_args=self.extra_args)
         session = self.sessions[key] = Session(key, worker)
         self.imports += 1
         return session
@@ -312,10 +311,7 @@ class WarmEngine:
     def close(self) -> None:
         for key in list(self.sessions):
             self.drop(key)
-        try:
-            os.rmdir(self._dir)
-        except OSError:
-            pass
+        self._dir.remove()
 
 
 # -- cold ---------------------------------------------------------------------------------------

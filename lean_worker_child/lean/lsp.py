@@ -19,6 +19,7 @@ import os
 import select
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
@@ -43,6 +44,34 @@ def _death_detail(stderr: str) -> str | None:
         if line:
             return line[:500]
     return None
+
+
+class WorkDir:
+    """The directory an engine's document files live in, made on first use.
+
+    Not at start-up: a sandboxed child enters its sandbox after the engines are built, and
+    its only writable place (``TMPDIR``) exists from then on. The Lean processes get the
+    same ``TMPDIR`` (``env``)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._path: str | None = None
+
+    @property
+    def path(self) -> str:
+        if self._path is None:
+            self._path = tempfile.mkdtemp(prefix=self.prefix)
+        return self._path
+
+    def env(self, base: Mapping[str, str]) -> dict[str, str]:
+        return {**base, "TMPDIR": tempfile.gettempdir()}
+
+    def remove(self) -> None:
+        if self._path is not None:
+            try:
+                os.rmdir(self._path)
+            except OSError:
+                pass
 
 
 class FileWorker:

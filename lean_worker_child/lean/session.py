@@ -25,8 +25,6 @@ and ``$/lean/plainTermGoal`` at a term ``sorry``.
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -56,7 +54,7 @@ from lean_worker_protocol.lean_session import (
 
 from .engine import _SEVERITY, _goal_list, _hole_goals, _kind, _Lines, _Text
 from .errors import LeanCrashed, LeanError, LeanStateInvalid, LeanTimeout
-from .lsp import FileWorker
+from .lsp import FileWorker, WorkDir
 
 DEFAULT_MAX_EDITS = 2000
 """Edits of one document before it is retired (see the module docstring)."""
@@ -124,7 +122,7 @@ class SessionEngine:
         self.max_edits = max_edits
         self.extra_args = tuple(extra_args)
         self.documents: OrderedDict[int, Document] = OrderedDict()
-        self._dir = tempfile.mkdtemp(prefix="lean-worker-states-")
+        self._dir = WorkDir("lean-worker-states-")
         self._names = itertools.count(1)
         self.imports = 0
         """Documents opened (each imports its header)."""
@@ -139,8 +137,9 @@ class SessionEngine:
             _, old = self.documents.popitem(last=False)
             old.worker.close()
         serial = next(self._names)
-        uri = f"file://{self._dir}/State{serial}.lean"
-        worker = FileWorker(self.lean, uri=uri, cwd=self._dir, env=self.env, extra_args=self.extra_args)
+        uri = f"file://{self._dir.path}/State{serial}.lean"
+        worker = FileWorker(self.lean, uri=uri, cwd=self._dir.path, env=self._dir.env(self.env),
+                            extra_args=self.extra_args)
         doc = self.documents[serial] = Document(worker, header)
         self.imports += 1
         return serial, doc
@@ -364,7 +363,4 @@ class SessionEngine:
     def close(self) -> None:
         for serial in list(self.documents):
             self._drop(serial)
-        try:
-            os.rmdir(self._dir)
-        except OSError:
-            pass
+        self._dir.remove()

@@ -71,10 +71,10 @@ from lean_worker_protocol.lean_session import (
 )
 from lean_worker_protocol.probe import DoctorItem
 
-from .. import RequestContext, WorkerApp
+from .. import RequestContext, WorkerApp, sandboxed
 from .engine import ColdEngine, WarmEngine
 from .errors import LeanCrashed, LeanError
-from .fixtures import FixtureError, library_state
+from .fixtures import FixtureError, default_library_source, library_state
 from .provision import cache_dir
 from .session import SessionEngine
 from .toolchain import LEAN_ENV, Toolchain, ToolchainError, resolve_toolchain
@@ -122,6 +122,18 @@ class LeanRuntime:
         atexit.register(warm.close)
         atexit.register(states.close)
         return cls(settings, requested, toolchain, None, search_path, warm, cold, states)
+
+    def readable(self) -> list[str]:
+        """What Lean reads while serving, for the sandbox: the toolchain (its executable,
+        prefix and library), the search path and the project."""
+        paths = [*self.requested_search_path, *self.search_path]
+        if self.settings.project:
+            paths.append(self.settings.project)
+        tc = self.toolchain
+        if tc is not None:
+            paths += [tc.lean, os.path.dirname(os.path.realpath(tc.lean)), tc.prefix, tc.library_dir]
+        # The cache (built toolchains and fixtures) and the fixture sources, for the doctor.
+        return [*paths, str(cache_dir()), str(default_library_source())]
 
     def session_engine(self) -> SessionEngine:
         if self.states is None:
@@ -396,6 +408,8 @@ def _search_path_item(dirs: list[str]) -> DoctorItem:
 def _cache_item() -> DoctorItem:
     root = cache_dir()
     data = {"path": str(root), "exists": str(root.is_dir()).lower()}
+    if sandboxed():
+        return DoctorItem("lean.cache", "ok", f"cache {root} (read-only in the sandbox: builds happen outside it)", data=data)
     if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
         return DoctorItem("lean.cache", "warning", f"cache {root} is not writable", "set LEAN_WORKER_CACHE", data)
     return DoctorItem("lean.cache", "ok", f"cache {root}" + ("" if root.is_dir() else " (created on first build)"), data=data)
@@ -420,4 +434,4 @@ def _fixtures_item(tc: Toolchain) -> DoctorItem:
 def main(argv: list[str] | None = None) -> None:
     global _runtime
     _runtime = LeanRuntime.start(parse_settings(argv))
-    app.serve()
+    app.serve(readable=_runtime.readable())

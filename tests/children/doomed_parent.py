@@ -4,9 +4,11 @@
 
 MODE is ``idle``, ``busy_native`` (the child sleeps in libc holding the GIL, so none of its
 Python threads can react), ``grandchild`` (the child started ``sleep 1000`` with
-``lean_worker_child.popen_kwargs()``) or ``grandchild_busy_native``. The
-parent prints one JSON line ``{"child": pid, "grandchild": pid or null}``; in a ``busy_native``
-mode the child creates READY_PATH once it is inside the native sleep. Then the parent waits.
+``lean_worker_child.popen_kwargs()``), ``grandchild_busy_native`` or ``sandboxed`` (an idle
+child in a sandbox: the spawned child, its init and the worker). The parent prints one JSON
+line ``{"child": pid, "grandchild": pid or null, "tree": [pids below the child]}``; in a
+``busy_native`` mode the child creates READY_PATH once it is inside the native sleep. Then
+the parent waits.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import sys
 
 import anyio
+import psutil
 
 from lean_worker import Worker
 from tests.children.faulty import SLEEP, SPAWN, Sleep, Spawn
@@ -22,11 +25,13 @@ from tests.conftest import child_config
 
 
 async def main(mode: str, ready_path: str) -> None:
-    async with Worker(child_config("tests.children.faulty")) as worker:
+    sandbox = "required" if mode == "sandboxed" else "off"
+    async with Worker(child_config("tests.children.faulty", sandbox=sandbox)) as worker:
         grandchild = None
         if mode.startswith("grandchild"):
             grandchild = await worker.call(SPAWN, Spawn(die_with_child=True))
-        print(json.dumps({"child": worker.pid, "grandchild": grandchild}), flush=True)
+        tree = [p.pid for p in psutil.Process(worker.pid).children(recursive=True)]
+        print(json.dumps({"child": worker.pid, "grandchild": grandchild, "tree": tree}), flush=True)
         if mode.endswith("busy_native"):
             await worker.call(SLEEP, Sleep(1000, native=True, hold_gil=True, ready_path=ready_path), timeout=None)
         await anyio.sleep(1000)
