@@ -32,6 +32,9 @@ CLUSTER_EXAMPLE = "examples.cluster.run"
 SERVICE_RECIPE = ROOT / "recipes" / "06-http-service.md"
 SERVICE_EXAMPLE_DIR = ROOT / "examples" / "service"
 SERVICE_EXAMPLE = "examples.service.run"
+SANDBOX_RECIPE = ROOT / "recipes" / "07-sandbox.md"
+SANDBOX_EXAMPLE_DIR = ROOT / "examples" / "sandbox"
+SANDBOX_EXAMPLE = "examples.sandbox.run"
 
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 FILE_MARKER = re.compile(r"^# file: (?P<path>\S+)$")
@@ -206,12 +209,20 @@ def test_service_example_answers_kimina_and_native_checks_and_stops_on_sigterm(l
     assert out[-1] == "server stopped: exit status 0"
 
 
+def test_sandbox_example_checks_in_a_sandbox_where_a_hostile_write_fails(lean_ready) -> None:  # type: ignore[no-untyped-def]
+    out = output_of(SANDBOX_EXAMPLE)
+    assert out[:2] == ["sandbox required: active", "ok.lean: ok"]
+    assert out[2].startswith("escape.lean: ok, its #eval showed: ") and "wrote" not in out[2]
+    assert out[3] == "lean-worker-sandbox-example.txt exists: False"
+    assert "  capabilities: none" in out and not (Path.home() / "lean-worker-sandbox-example.txt").exists()
+
+
 # -- the recipe shows the examples as they are ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "doc", [RECIPE, LEAN_RECIPE, SEARCH_RECIPE, CLUSTER_RECIPE, SERVICE_RECIPE, README],
-    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe", "service-recipe", "readme"],
+    "doc", [RECIPE, LEAN_RECIPE, SEARCH_RECIPE, CLUSTER_RECIPE, SERVICE_RECIPE, SANDBOX_RECIPE, README],
+    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe", "service-recipe", "sandbox-recipe", "readme"],
 )
 def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
     excerpts = shown_excerpts(doc)
@@ -229,8 +240,8 @@ def test_python_blocks_are_excerpts_of_the_files_they_name(doc: Path) -> None:
 @pytest.mark.parametrize(
     ("doc", "example_dir"),
     [(RECIPE, EXAMPLE_DIR), (LEAN_RECIPE, LEAN_EXAMPLE_DIR), (SEARCH_RECIPE, SEARCH_EXAMPLE_DIR),
-     (CLUSTER_RECIPE, CLUSTER_EXAMPLE_DIR), (SERVICE_RECIPE, SERVICE_EXAMPLE_DIR)],
-    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe", "service-recipe"],
+     (CLUSTER_RECIPE, CLUSTER_EXAMPLE_DIR), (SERVICE_RECIPE, SERVICE_EXAMPLE_DIR), (SANDBOX_RECIPE, SANDBOX_EXAMPLE_DIR)],
+    ids=["recipe", "lean-recipe", "search-recipe", "cluster-recipe", "service-recipe", "sandbox-recipe"],
 )
 def test_recipe_shows_every_line_of_every_example_file(doc: Path, example_dir: Path) -> None:
     excerpts = shown_excerpts(doc)
@@ -268,11 +279,12 @@ def shown_outputs(doc: Path = RECIPE) -> dict[str, list[list[str]]]:
         (SEARCH_RECIPE, SEARCH_EXAMPLE),
         (CLUSTER_RECIPE, CLUSTER_EXAMPLE),
         (SERVICE_RECIPE, SERVICE_EXAMPLE),
+        (SANDBOX_RECIPE, SANDBOX_EXAMPLE),
     ],
-    ids=["run_async", "run_sync", "lean_check", "proof_search", "cluster", "service"],
+    ids=["run_async", "run_sync", "lean_check", "proof_search", "cluster", "service", "sandbox"],
 )
 def test_recipe_output_blocks_match_a_real_run(doc: Path, module: str, request: pytest.FixtureRequest) -> None:
-    if module in (LEAN_EXAMPLE, SEARCH_EXAMPLE, CLUSTER_EXAMPLE, SERVICE_EXAMPLE):
+    if module in (LEAN_EXAMPLE, SEARCH_EXAMPLE, CLUSTER_EXAMPLE, SERVICE_EXAMPLE, SANDBOX_EXAMPLE):
         request.getfixturevalue("lean_ready")
     command = f"python -m {module}"
     shown = shown_outputs(doc).get(command)
