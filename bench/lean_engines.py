@@ -32,7 +32,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lean_worker_child.lean.lsp import REPORT_DELAY_FLAG, FileWorker  # noqa: E402
+from lean_worker_child.lean.lsp import REPORT_DELAY_OPTION, FileWorker  # noqa: E402
 from lean_worker_child.lean.toolchain import resolve_toolchain  # noqa: E402
 
 BASE = (
@@ -151,7 +151,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         results = {
             "server_default": bench_server(toolchain.lean, [], args.checks, workdir),
-            "server_nodelay": bench_server(toolchain.lean, [REPORT_DELAY_FLAG], args.checks, workdir),
+            "server_nodelay": bench_server(toolchain.lean, [f"-D{REPORT_DELAY_OPTION}=0"], args.checks, workdir),
             "worker_nodelay": bench_worker(toolchain.lean, args.checks, workdir),
             "cold": bench_cold(toolchain.lean, args.checks),
         }

@@ -14,6 +14,7 @@ whose header matches a warm session is not charged as one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Literal
 
@@ -262,6 +263,13 @@ class LeanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
       used (it is rebuilt from its value when asked for again).
     - ``max_document_edits``: edits of one such document before it is retired, which
       bounds what Lean keeps per edit.
+    - ``report_delay_ms``: how long a warm session's Lean waits after an edit before it
+      reports progress and diagnostics (``server.reportDelayMs``). At 0 it reports every
+      intermediate state of every command: for light snippets that cost Lean 40% more CPU
+      and the child four times as much (architecture/90-pool-and-verify.md); a few
+      milliseconds let a short check finish first and report once. Also the least time a
+      warm check takes. The session engine's documents report at once (0): a proof
+      search step is waited on.
     """
 
     lean: str | None = None
@@ -272,6 +280,7 @@ class LeanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lean_args: tuple[str, ...] = ()
     max_documents: int = 4
     max_document_edits: int = 2000
+    report_delay_ms: int = 5
 
     def __post_init__(self) -> None:
         for name in ("lean", "project"):
@@ -286,6 +295,9 @@ class LeanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"LeanSettings.{name} must be an int >= 1; got {value!r}")
+        delay = self.report_delay_ms
+        if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= 10_000:
+            raise ValueError(f"LeanSettings.report_delay_ms must be an int within 0..10000; got {delay!r}")
         if not all(isinstance(p, str) and p for p in self.search_path):
             raise ValueError(f"LeanSettings.search_path must hold non-empty path strings; got {self.search_path!r}")
         if not all(isinstance(a, str) for a in self.lean_args):
@@ -331,14 +343,20 @@ class Header(msgspec.Struct, frozen=True):
 _IMPORT_MODIFIERS = ("public", "meta", "private")
 
 
+_SPACE = re.compile(r"[ \t\r\n]*")
+_WORD = re.compile(r"(?:(?!--|/-)\S)*")
+"""A run of non-space characters up to a comment: the header's tokens. Both regexes run in
+C: the parent parses the header of every snippet it routes, and the child again, so the
+character loops they replaced were a quarter of the parent's CPU per warm check
+(architecture/90-pool-and-verify.md)."""
+
+
 def _skip_space(code: str, i: int) -> int:
     """Skip whitespace and comments (not doc comments, which are commands)."""
     n = len(code)
     while i < n:
-        c = code[i]
-        if c in " \t\r\n":
-            i += 1
-        elif code.startswith("--", i):
+        i = _SPACE.match(code, i).end()  # type: ignore[union-attr]  (``*`` always matches)
+        if code.startswith("--", i):
             j = code.find("\n", i)
             i = n if j < 0 else j + 1
         elif code.startswith("/-", i) and not code.startswith(("/--", "/-!"), i):
@@ -358,11 +376,7 @@ def _skip_space(code: str, i: int) -> int:
 
 
 def _word(code: str, i: int) -> str:
-    j = i
-    n = len(code)
-    while j < n and not code[j].isspace() and not code.startswith(("--", "/-"), j):
-        j += 1
-    return code[i:j]
+    return _WORD.match(code, i).group()  # type: ignore[union-attr]  (``*`` always matches)
 
 
 def _is_ident(word: str) -> bool:

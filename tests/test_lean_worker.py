@@ -28,6 +28,7 @@ from lean_worker.lean import (
     IndexRequest,
     LeanCrashed,
     LeanHeaderError,
+    LeanSettings,
     LeanTimeout,
     OpenRequest,
     ToolchainQuery,
@@ -369,3 +370,37 @@ async def test_lean_code_does_not_see_the_workers_bootstrap_variable(config) -> 
         home = shown_by_eval(await worker.call(CHECK, CheckRequest(getenv_snippet("HOME"))))
     assert shown == "<unset>"
     assert home == os.environ["HOME"]  # the probe does read the environment
+
+
+def generated_batch(n: int) -> list[str]:
+    """Snippets that are ok, wrong or unfinished, in turn, over two headers."""
+    headers = ("prelude\nimport LwFix.Nat\n", "prelude\nimport LwFix.Nat\nimport LwFix.Logic\n")
+    bodies = (
+        "noncomputable def double{i} (n : N) : N := N.add n n\ntheorem double{i}_two : Eq (double{i} N.two) N.four := Eq.refl\n",
+        "theorem wrong{i} : Eq N.two N.four := Eq.refl\n",
+        "theorem later{i} (n : N) : Eq (N.add n N.zero) n := sorry\n",
+    )
+    return [headers[i % 2] + "\n" + bodies[i % 3].format(i=i) for i in range(n)]
+
+
+async def test_a_report_delay_leaves_every_verdict_and_message_as_it_was(config) -> None:  # type: ignore[no-untyped-def]
+    # The default report delay (LeanSettings.report_delay_ms) makes Lean report a check's
+    # progress once instead of at every step; what it reports in the end must not change.
+    codes = [snippet(p.name) for p in sorted(SNIPPETS.glob("*.lean")) if p.name != "hang.lean"] + generated_batch(24)
+    seen = {}
+    for delay in (0, LeanSettings().report_delay_ms):
+        async with Worker(config(report_delay_ms=delay)) as worker:
+            results = []
+            for code in codes:
+                try:
+                    r = await worker.call(CHECK, CheckRequest(code))
+                    results.append((r.verdict, [(m.severity, m.pos, m.end_pos, m.text) for m in r.messages], r.sorries))
+                except LeanCrashed as exc:
+                    results.append(("crashed", exc.remote_code, None))
+            assert worker.pid is not None
+            flags = {arg for p in psutil.Process(worker.pid).children(recursive=True) for arg in p.cmdline()}
+            assert f"-Dserver.reportDelayMs={delay}" in flags
+        seen[delay] = results
+    assert LeanSettings().report_delay_ms > 0
+    assert seen[LeanSettings().report_delay_ms] == seen[0]
+    assert {r[0] for r in seen[0]} >= {"ok", "errors", "sorry", "crashed"}

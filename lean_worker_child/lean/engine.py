@@ -48,7 +48,14 @@ class _Lines:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n")]
+        # One str.find per line, not a Python step per character: this runs for every
+        # check that has messages, on the snippet and on the document.
+        starts = [0]
+        at = text.find("\n")
+        while at >= 0:
+            starts.append(at + 1)
+            at = text.find("\n", at + 1)
+        self.starts = starts
 
     def offset_of_utf16(self, line0: int, char16: int) -> int:
         """Offset of an LSP position (0-based line, UTF-16 code units)."""
@@ -191,6 +198,7 @@ class WarmEngine:
         env: Mapping[str, str],
         max_sessions: int = 8,
         extra_args: Sequence[str] = (),
+        report_delay_ms: int = 0,
     ) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1; got {max_sessions}")
@@ -198,6 +206,7 @@ class WarmEngine:
         self.env = dict(env)
         self.max_sessions = max_sessions
         self.extra_args = tuple(extra_args)
+        self.report_delay_ms = report_delay_ms
         self.sessions: OrderedDict[tuple[str, ...], Session] = OrderedDict()
         self._dir = WorkDir("lean-worker-sessions-")
         self._names = itertools.count(1)
@@ -212,7 +221,7 @@ class WarmEngine:
             old.worker.close()
         uri = f"file://{self._dir.path}/Session{next(self._names)}.lean"
         worker = FileWorker(self.lean, uri=uri, cwd=self._dir.path, env=self._dir.env(self.env),
-                            extra_args=self.extra_args)
+                            extra_args=self.extra_args, report_delay_ms=self.report_delay_ms)
         session = self.sessions[key] = Session(key, worker)
         self.imports += 1
         return session
@@ -282,6 +291,8 @@ class WarmEngine:
 
     @staticmethod
     def _messages(raw: list[dict[str, Any]], code: str, doc: str, header: Header, head_len: int) -> list[Message]:
+        if not raw:
+            return []
         user = _Lines(code)
         lines = _Lines(doc)
 

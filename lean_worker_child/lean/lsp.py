@@ -5,9 +5,11 @@ one file worker per open document, which the watchdog starts by re-executing its
 ``--worker``. We start the file worker directly: it reads ``initialize`` and ``didOpen``
 from stdin, imports the header once, then re-elaborates only the body on every
 ``didChange`` whose header is unchanged. Going direct gives the exact exit status of the
-process that held the snippet and saves the watchdog hop. ``-Dserver.reportDelayMs=0``
-removes the 200 ms the worker otherwise waits before reporting diagnostics
-(``architecture/60-lean-engine.md`` has the numbers).
+process that held the snippet and saves the watchdog hop. ``-Dserver.reportDelayMs=N``
+replaces the 200 ms the worker otherwise waits before reporting diagnostics
+(``architecture/60-lean-engine.md`` has the numbers): 0 for the session engine, a few
+milliseconds for warm checks (``LeanSettings.report_delay_ms``: fewer intermediate reports,
+less CPU for Lean and for us).
 
 A file worker exits with status 2 when a change alters the header; the engine never sends
 one (a session's document always starts with the same canonical header).
@@ -33,7 +35,7 @@ from lean_worker_exit import classify, oom_kill_count
 from .._boot import pdeathsig_preexec
 from .errors import LeanCrashed, LeanError, LeanTimeout
 
-REPORT_DELAY_FLAG = "-Dserver.reportDelayMs=0"
+REPORT_DELAY_OPTION = "server.reportDelayMs"
 _STDERR_TAIL = 64 * 1024
 
 
@@ -89,6 +91,7 @@ class FileWorker:
         cwd: str,
         env: Mapping[str, str],
         extra_args: Sequence[str] = (),
+        report_delay_ms: int = 0,
     ) -> None:
         self.uri = uri
         self.version = 0
@@ -108,7 +111,7 @@ class FileWorker:
         self._oom_at_start = oom_kill_count()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [lean, "--worker", REPORT_DELAY_FLAG, *extra_args],
+            [lean, "--worker", f"-D{REPORT_DELAY_OPTION}={report_delay_ms}", *extra_args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -137,9 +140,13 @@ class FileWorker:
         return self.proc.poll() is None
 
     # -- wire -------------------------------------------------------------------------------
-    def _send(self, message: dict[str, Any]) -> None:
-        body = orjson.dumps(message)
-        data = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    def _send(self, *messages: dict[str, Any]) -> None:
+        """Write ``messages`` in one write: a check's edit and its request wake Lean once."""
+        parts = []
+        for message in messages:
+            body = orjson.dumps(message)
+            parts.append(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        data = b"".join(parts)
         stdin = self.proc.stdin
         assert stdin is not None
         with self._write_lock:
@@ -254,17 +261,18 @@ class FileWorker:
         self.version += 1
         version = self.version
         doc = {"uri": self.uri, "version": version}
+        if version == 1:
+            edit = {"jsonrpc": "2.0", "method": "textDocument/didOpen",
+                    "params": {"textDocument": {**doc, "languageId": "lean4", "text": text}}}
+        else:
+            edit = {"jsonrpc": "2.0", "method": "textDocument/didChange",
+                    "params": {"textDocument": doc, "contentChanges": [{"text": text}]}}
+        self._next_id += 1
+        rid = self._next_id
+        wait = {"jsonrpc": "2.0", "id": rid, "method": "textDocument/waitForDiagnostics",
+                "params": {"uri": self.uri, "version": version}}
         try:
-            if version == 1:
-                self._send({"jsonrpc": "2.0", "method": "textDocument/didOpen",
-                            "params": {"textDocument": {**doc, "languageId": "lean4", "text": text}}})
-            else:
-                self._send({"jsonrpc": "2.0", "method": "textDocument/didChange",
-                            "params": {"textDocument": doc, "contentChanges": [{"text": text}]}})
-            self._next_id += 1
-            rid = self._next_id
-            self._send({"jsonrpc": "2.0", "id": rid, "method": "textDocument/waitForDiagnostics",
-                        "params": {"uri": self.uri, "version": version}})
+            self._send(edit, wait)
         except OSError:
             raise self._crashed() from None
         early = early and version > 1  # the first check also reports the header, otherwise

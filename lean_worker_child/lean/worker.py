@@ -112,7 +112,8 @@ class LeanRuntime:
         env.pop(BOOTSTRAP_ENV, None)  # read before serve() removes it: Lean must not see it
         env["LEAN_PATH"] = os.pathsep.join(search_path)
         extra = list(settings.lean_args)
-        warm = WarmEngine(toolchain.lean, env=env, max_sessions=settings.max_sessions, extra_args=extra)
+        warm = WarmEngine(toolchain.lean, env=env, max_sessions=settings.max_sessions, extra_args=extra,
+                          report_delay_ms=settings.report_delay_ms)
         cold = ColdEngine(toolchain.lean, env=env, extra_args=extra)
         context = context_id(toolchain.version, toolchain.commit or "", search_path, extra)
         states = SessionEngine(
