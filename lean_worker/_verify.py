@@ -307,6 +307,22 @@ class VerifySummary(msgspec.Struct, frozen=True):
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
+def default_workers() -> int:
+    """The local pool's default size: half again as many workers as the machine has cores.
+
+    A warm check leaves its worker idle for part of the time (the hand-offs between the
+    parent, the child and Lean, and the report delay of ``LeanSettings.report_delay_ms``),
+    so as many workers as cores leave the cores idle a fifth of the time. Measured on 2
+    cores with light snippets in three runs (``python bench/pool.py``,
+    architecture/90-pool-and-verify.md): 2 workers kept the cores 75-81% busy, 3 workers
+    87-90% (3-18% more checks per second), 4 workers 92-93% (another 6-17%). Each worker
+    holds a Lean session per warm header, so the default stops at 1.5 per core: with heavy
+    imports memory, not CPU, bounds the pool (set ``workers``), and the idle share shrinks
+    as snippets get heavier."""
+    cores = os.cpu_count() or 1
+    return cores + (cores + 1) // 2
+
+
 def _at_least_one(option: str, value: int | None, *, optional: bool = True) -> None:
     if value is None and optional:
         return
@@ -318,8 +334,8 @@ def _at_least_one(option: str, value: int | None, *, optional: bool = True) -> N
 class VerifyOptions:
     """How to run a batch. Every value is checked here (``VerifyOptionError``)."""
 
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Pool size (at most one worker per snippet is started)."""
+    workers: int = field(default_factory=lambda: default_workers())
+    """Pool size (at most one worker per snippet is started); default ``default_workers()``."""
     timeout_s: float = 60.0
     """Each snippet's own deadline, enforced in the child: past it only that snippet's Lean
     process is killed (``lean.timeout``). The request timeout is 30 s above it."""
@@ -875,7 +891,7 @@ class Progress:
 
 def options_from_args(args: argparse.Namespace) -> VerifyOptions:
     return VerifyOptions(
-        workers=args.workers or os.cpu_count() or 1,
+        workers=args.workers or default_workers(),
         ray=args.ray,
         workers_per_node=args.workers if args.ray else None,
         timeout_s=args.timeout,

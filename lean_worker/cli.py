@@ -289,8 +289,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _pool_arguments(parser: argparse.ArgumentParser, timeout_help: str, *, sandbox: str) -> None:
     """The Lean pool's options, shared by ``verify`` and ``serve`` (``options_from_args``)."""
     parser.add_argument("-j", "--workers", type=_at_least_one, default=None,
-                        help="pool size (default: the number of CPUs); with --ray, workers per node "
-                             "(default: each node's CPUs)")
+                        help="pool size (default: 1.5 per CPU, rounded up); with --ray, workers per node "
+                             "(default: each node's CPUs, as Ray counts them)")
     parser.add_argument("--ray", metavar="auto|ADDRESS", default=None,
                         help="run on a Ray cluster: one supervisor per node owns that node's workers "
                              "(needs pip install 'lean-worker[ray]'; 'auto' finds the local cluster)")

@@ -4,6 +4,7 @@ real Lean workers; its typed results and errors."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -130,6 +131,7 @@ def test_leaving_early_stops_the_batch_and_leaves_no_process(options: VerifyOpti
         ("engine", "lukewarm"),
         ("search_path", ["/nonexistent/oleans"]),
         ("search_path", "/tmp"),
+        ("sandbox", "maybe"),
     ],
 )
 def test_a_bad_option_is_a_typed_error_naming_it(option: str, value: object) -> None:
@@ -139,6 +141,14 @@ def test_a_bad_option_is_a_typed_error_naming_it(option: str, value: object) -> 
     assert caught.value.option == option
     assert f"option={option}" in str(caught.value)
     assert isinstance(caught.value, ValueError)
+
+
+def test_the_default_pool_has_half_again_as_many_workers_as_cores_and_checks_sandboxed_where_it_can() -> None:
+    # Both chosen from measurement: architecture/90-pool-and-verify.md and 120-sandbox.md.
+    options = VerifyOptions()
+    cores = os.cpu_count() or 1
+    assert options.workers == cores + (cores + 1) // 2 and (cores != 2 or options.workers == 3)
+    assert options.sandbox == "auto" and options.worker_config().sandbox.mode == "auto"
 
 
 @pytest.mark.parametrize(
