@@ -124,9 +124,9 @@ class Sandbox:
 
     Inside, the filesystem is read-only and holds only the system directories, the child's
     interpreter and packages, what the child declares (the Lean worker: its toolchain and
-    search path) and ``read_paths``; ``/scratch`` (``TMPDIR``) is a private tmpfs of ``scratch_bytes``, also
-    the largest file a process may write; ``processes`` bounds the tasks (processes and
-    threads) in the PID namespace. There is no network.
+    search path) and ``read_paths``; ``/scratch`` (``TMPDIR``) is a private tmpfs of
+    ``scratch_bytes``, also the largest file a process may write; ``processes`` bounds the
+    tasks (processes and threads) in the PID namespace. There is no network.
     """
 
     mode: SandboxMode = "off"

@@ -254,6 +254,10 @@ async def _doctor_item(worker: Worker) -> CheckItem:
                  f"answered in {elapsed_ms:.1f} ms with {len(report.items)} doctor items ({errors} errors)")
 
 
+SANDBOX_ITEM = "worker.sandbox"
+"""The doctor item in which a sandboxed child says what its sandbox enforces."""
+
+
 async def sandbox_item(worker: Worker) -> CheckItem:
     """What the sandbox enforces here (the child's ``worker.sandbox`` doctor item), for a
     worker asked to run in one; a warning when ``auto`` fell back, naming why."""
@@ -268,11 +272,9 @@ async def sandbox_item(worker: Worker) -> CheckItem:
     except WorkerError as exc:
         return _item("check.sandbox_active", "ok", "sandbox", f"active (its report failed: {exc.code})")
     own = next((i for i in report.items if i.name == SANDBOX_ITEM), None)
-    return _item("check.sandbox_active", "ok", "sandbox", own.message if own else "active")
-
-
-SANDBOX_ITEM = "worker.sandbox"
-"""The doctor item in which a child says whether and how it is sandboxed."""
+    if own is None:
+        return _item("check.sandbox_active", "ok", "sandbox", "active")
+    return _item("check.sandbox_active", own.severity, "sandbox", own.message, own.hint)
 
 DEFAULT_STEPS: tuple[ProbeStep, ...] = (doctor_roundtrip,)
 """The steps of a ``check`` that names none: any worker child serves ``worker.doctor``."""
