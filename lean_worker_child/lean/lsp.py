@@ -36,6 +36,16 @@ from .._boot import pdeathsig_preexec
 from .errors import LeanCrashed, LeanError, LeanTimeout
 
 REPORT_DELAY_OPTION = "server.reportDelayMs"
+_LENGTH = b"Content-Length: "
+_UNREAD = b'{"jsonrpc":"2.0","method":"$/lean/ileanInfo'
+"""The reference index Lean publishes for the whole file after every check
+(``$/lean/ileanInfoUpdate``/``Final``): nobody reads it, and it grows with the file, so it
+is skipped unparsed (Lean writes object keys sorted: ``jsonrpc`` then ``method``). Parsing
+it was a fifth of the child's CPU per light check (architecture/90-pool-and-verify.md)."""
+_PROGRESS = b'{"jsonrpc":"2.0","method":"$/lean/fileProgress"'
+_DONE = b'"processing":[]'
+"""Only the progress that says nothing is left matters (``_dispatch``); the others, one per
+command as it finishes and each listing every command still running, are skipped unparsed."""
 _STDERR_TAIL = 64 * 1024
 
 
@@ -178,20 +188,27 @@ class FileWorker:
             head_end = buf.find(b"\r\n\r\n")
             if head_end < 0:
                 return True
-            length = -1
-            for line in bytes(buf[:head_end]).split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
+            if buf.startswith(_LENGTH) and buf.find(b"\r\n", 0, head_end) < 0:  # Lean's only header
+                length = int(buf[len(_LENGTH):head_end])
+            else:
+                length = -1
+                for line in bytes(buf[:head_end]).split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
             body_start = head_end + 4
             if length < 0:  # not a header we understand: drop it
                 del buf[:body_start]
                 continue
             if len(buf) < body_start + length:
                 return True
-            message = orjson.loads(bytes(buf[body_start:body_start + length]))
-            del buf[:body_start + length]
-            self._dispatch(message)
+            end = body_start + length
+            unread = buf.startswith(_UNREAD, body_start) or (
+                buf.startswith(_PROGRESS, body_start) and buf.find(_DONE, body_start, end) < 0
+            )
+            if not unread:
+                self._dispatch(orjson.loads(buf[body_start:end]))
+            del buf[:end]
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         method = message.get("method")
