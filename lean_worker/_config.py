@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import fnmatch
 import os
@@ -157,10 +156,6 @@ class Sandbox:
         if isinstance(value, str):
             return cls(mode=value)  # type: ignore[arg-type]
         raise TypeError(f"sandbox takes a Sandbox or one of {', '.join(SANDBOX_MODES)}; got {value!r}")
-
-    def with_paths(self, paths: Sequence[str | os.PathLike[str]]) -> Sandbox:
-        """This sandbox with ``paths`` also readable."""
-        return dataclasses.replace(self, read_paths=(*self.read_paths, *(os.fspath(p) for p in paths)))
 
     def spec(self) -> SandboxSpec:
         return SandboxSpec(read_paths=self.read_paths, scratch_bytes=self.scratch_bytes, processes=self.processes)

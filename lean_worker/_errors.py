@@ -149,7 +149,7 @@ class SandboxUnavailable(StartupError):
         self.path = path
         self.errno = errno
         self.reason = reason or message
-        """What failed and how to fix it, in one line (``step=... errno=...: ...; fix: ...``)."""
+        """What failed, in one line: ``step=... errno=...: ...`` (``fix`` says what to do)."""
         super().__init__(message, exit=exit)
 
 

@@ -138,7 +138,7 @@ async def _startup_items(config: WorkerConfig, child: CheckItem, exc: StartupErr
     """What the failed start says: the child item, then why it did not come up."""
     message = str(exc)
     if isinstance(exc, SandboxUnavailable):
-        return [child, _item("check.sandbox_unavailable", "error", "sandbox", exc.reason.split("; fix: ")[0],
+        return [child, _item("check.sandbox_unavailable", "error", "sandbox", exc.reason,
                              f"{exc.fix}; or run with --sandbox off for trusted input only")]
     if isinstance(exc, HandshakeError):
         if exc.child_protocol is not None:
@@ -265,8 +265,7 @@ async def sandbox_item(worker: Worker) -> CheckItem:
     if status.fallback_reason:
         return _item("check.sandbox_fallback", "warning", "sandbox",
                      f"NOT SANDBOXED: sandbox={status.mode} fell back to running the child unsandboxed; "
-                     f"{status.fallback_reason.split('; fix: ')[0]}",
-                     status.fallback_reason.split("; fix: ")[-1])
+                     f"{status.fallback_reason}", status.fallback_fix or "")
     try:
         report = await worker.call(DOCTOR, DoctorRequest())
     except WorkerError as exc:
@@ -289,8 +288,8 @@ async def doctor(config: WorkerConfig) -> DoctorReport:
         report: DoctorReport = await worker.call(DOCTOR, DoctorRequest())
         status = worker.sandbox
     if status.fallback_reason:  # the child cannot know it was meant to be sandboxed: say so loudly
-        reason, _, fix = status.fallback_reason.partition("; fix: ")
-        loud = DoctorItem(SANDBOX_ITEM, "warning", f"NOT SANDBOXED: sandbox={status.mode} fell back; {reason}", fix)
+        loud = DoctorItem(SANDBOX_ITEM, "warning", f"NOT SANDBOXED: sandbox={status.mode} fell back; "
+                          f"{status.fallback_reason}", status.fallback_fix or "")
         report = msgspec.structs.replace(report, items=[*(i for i in report.items if i.name != SANDBOX_ITEM), loud])
     return report
 

@@ -130,8 +130,8 @@ def sandbox_unavailable(exc: BaseException, config: WorkerConfig) -> SandboxUnav
     fix = failure.fix
     if config.sandbox.mode == "required":
         fix += "; or choose sandbox='auto' to run unsandboxed where it cannot be built (trusted input only)"
-    reason = f"step={failure.step}{facts}: {failure.message}; fix: {fix}"
+    reason = f"step={failure.step}{facts}: {failure.message}"
     return SandboxUnavailable(
-        f"worker {config.name} cannot build its sandbox; {reason}", reason=reason,
+        f"worker {config.name} cannot build its sandbox; {reason}; fix: {fix}", reason=reason,
         step=failure.step, fix=fix, path=failure.path, errno=failure.errno, exit=exit,
     )

@@ -60,13 +60,16 @@ class SandboxStatus:
     active: bool
     """Children are started in the sandbox."""
     fallback_reason: str | None = None
-    """With ``auto``: why the sandbox could not be built here, so children run without it."""
+    """With ``auto``: why the sandbox could not be built here, so children run without it
+    (``step=... errno=...: ...``)."""
+    fallback_fix: str | None = None
+    """What to change on the machine so that it can be built."""
 
     def describe(self) -> str:
         if self.active:
             return f"sandbox {self.mode}: active"
         if self.fallback_reason:
-            return f"sandbox {self.mode}: NOT ACTIVE, running unsandboxed; {self.fallback_reason}"
+            return f"sandbox {self.mode}: NOT ACTIVE, running unsandboxed; {self.fallback_reason}; fix: {self.fallback_fix}"
         return "sandbox off"
 
 

@@ -658,7 +658,7 @@ def sandbox_line(statuses: Iterable[SandboxStatus | None]) -> str:
         return ""
     fallen = next((s for s in known if s.fallback_reason), None)
     if fallen is not None:
-        return f"{fallen.mode}: NOT ACTIVE, checks ran unsandboxed; {fallen.fallback_reason}"
+        return f"{fallen.mode}: NOT ACTIVE, checks ran unsandboxed; {fallen.fallback_reason}; fix: {fallen.fallback_fix}"
     return f"{known[0].mode}: active" if known[0].active else "off"
 
 

@@ -37,6 +37,7 @@ from ._errors import (
     ReentrantRequest,
     RequestTooLarge,
     RestartLimitExceeded,
+    SandboxUnavailable,
     SchemaMismatch,
     StartupError,
     UnexpectedFrame,
@@ -151,7 +152,7 @@ class Worker:
         self._start_on_enter = True
         """The pool enters many workers in one task and starts their children concurrently."""
         self._rss_at_kill = 0
-        self._sandbox_fallback: str | None = None
+        self._sandbox_fallback: SandboxUnavailable | None = None
         """With ``sandbox='auto'``: why the sandbox failed here; children then run without."""
         self._spin_s = config.spin_wait_us / 1e6
         self._spin: dict[str, _SpinState] = {}
@@ -316,7 +317,10 @@ class Worker:
     def sandbox(self) -> SandboxStatus:
         """Whether this worker's children run sandboxed, and if ``auto`` fell back, why."""
         mode = self.config.sandbox.mode
-        return SandboxStatus(mode, mode != "off" and self._sandbox_fallback is None, self._sandbox_fallback)
+        fallback = self._sandbox_fallback
+        if fallback is None:
+            return SandboxStatus(mode, mode != "off")
+        return SandboxStatus(mode, False, fallback.reason, fallback.fix)
 
     def stats(self) -> WorkerStats:
         gen = self._gen
@@ -407,7 +411,7 @@ class Worker:
                 raise
             if self.config.sandbox.mode == "required":
                 raise unavailable from None
-            self._sandbox_fallback = unavailable.reason
+            self._sandbox_fallback = unavailable
             sandbox_logger.warning("worker %s: %s", self.config.name, self.sandbox.describe())
             return await self._spawn()
         gen.channel.on_unsolicited = lambda: self._on_unsolicited(gen)

@@ -27,7 +27,7 @@ from lean_worker_protocol import lean as _protocol
 from lean_worker_protocol.lean import *  # noqa: F403  (the commands and types, re-exported)
 from lean_worker_protocol.lean import LeanSettings, WorkerEngine
 
-from ._config import ChildEnv, Sandbox, WorkerConfig
+from ._config import ChildEnv, WorkerConfig
 from ._lean_errors import LeanCrashed, LeanError, LeanHeaderError, LeanStateInvalid, LeanTimeout, ToolchainNotFound
 from ._lean_probe import LEAN_COMMANDS, ROUNDTRIP_BODY, check_lean, lean_steps
 
@@ -114,8 +114,8 @@ def lean_config(
       ``LEAN_INHERITED_ENV`` join its ``inherit``; its ``set`` is kept as given);
     - ``session_limit`` is ``max_sessions`` (a pool remembers that many sessions per worker);
     - ``name`` defaults to ``lean``;
-    - ``sandbox`` (``off`` by default: ``"auto"``, ``"required"`` or a ``Sandbox``) also
-      makes ``project`` and ``search_path`` readable; the child adds its toolchain.
+    - ``sandbox``: ``off`` by default; ``"auto"``, ``"required"`` or a ``Sandbox``. The
+      child makes its toolchain, ``project`` and ``search_path`` readable in it.
     """
     fields = {"lean": lean, "project": project, "engine": engine, "max_sessions": max_sessions,
               "max_documents": max_documents, "max_document_edits": max_document_edits,
@@ -136,9 +136,6 @@ def lean_config(
     options["session_limit"] = settings.max_sessions
     options["env"] = lean_env(options.get("env"))  # type: ignore[arg-type]
     options.setdefault("name", "lean")
-    sandbox = Sandbox.of(options.get("sandbox"))  # type: ignore[arg-type]
-    if sandbox.mode != "off":
-        options["sandbox"] = sandbox.with_paths([*settings.search_path, *([settings.project] if settings.project else [])])
     return WorkerConfig.for_module(CHILD_MODULE, *lean_child_args(settings), **options)
 
 

@@ -30,24 +30,41 @@ EXIT_PARENT_GONE = 4
 _libc: ctypes.CDLL | None = None
 
 
-def _prctl_pdeathsig(sig: int) -> bool:
+def libc() -> ctypes.CDLL:
+    """The C library, for the calls Python does not wrap (here and in ``_sandbox``)."""
     global _libc
-    if not sys.platform.startswith("linux"):
-        return False
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+        _libc.syscall.restype = ctypes.c_long
+    return _libc
 
 
+def prctl(option: int, arg: int = 0) -> int:
+    """``prctl`` with every argument an unsigned long, as the kernel reads them (a variadic
+    call would pass bare ints, and options like ``PR_SET_NO_NEW_PRIVS`` demand zeros)."""
+    zero = ctypes.c_ulong(0)
+    return int(libc().prctl(ctypes.c_int(option), ctypes.c_ulong(arg), zero, zero, zero))
+
+
+def _prctl_pdeathsig(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    return prctl(_PR_SET_PDEATHSIG, sig) == 0
+
+
+_raw_bootstrap = os.environ.pop(BOOTSTRAP_ENV, None)
+"""Taken out of the environment as soon as the child runtime is imported: an app that
+copies the environment for its helpers before ``serve`` (the Lean engines do) must not
+hand them the parent's pid and the protocol's descriptors."""
 current: Bootstrap | None = None
-"""This child's bootstrap once ``serve`` has read it (the variable itself is removed)."""
+"""This child's bootstrap once ``serve`` has read it."""
 sandbox_report: Any = None
 """What the sandbox enforces (a ``_sandbox.SandboxReport``), when this child runs in one."""
 
 
 def load_bootstrap() -> Bootstrap:
     global current
-    raw = os.environ.pop(BOOTSTRAP_ENV, None)  # helpers we start must not inherit it
+    raw = _raw_bootstrap
     if raw is None:
         print(
             f"{sys.argv[0]}: this program is a lean-worker child; start it through lean_worker "

@@ -3,7 +3,7 @@
 Python 3.11 has no ``os.unshare`` (3.12 added it) and the standard library wraps neither
 ``mount`` nor ``pivot_root``: every call here goes through ``ctypes`` to the C library,
 and through ``syscall(2)`` for ``pivot_root``, ``mount_setattr`` and ``capset``, which
-glibc does not wrap. Only this module makes those calls.
+glibc does not wrap (``_boot.libc``). Only this module and ``_boot`` make such calls.
 
 ``enter`` runs in the child right after it has read its bootstrap, while it is still
 single-threaded (the kernel refuses a new user namespace to a threaded process). Afterwards
@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from lean_worker_protocol import Rlimits, SandboxFailure, SandboxSpec
+
+from ._boot import libc, prctl
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -140,17 +142,6 @@ class SandboxReport:
         ]
 
 
-_libc: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.syscall.restype = ctypes.c_long
-    return _libc
-
-
 def _fail(step: str, message: str, *, path: str | None = None, err: int | None = None, fix: str | None = None) -> SandboxError:
     name = _errno.errorcode.get(err, str(err)) if err else None
     detail = f"{message}: {os.strerror(err)}" if err else message
@@ -170,7 +161,7 @@ def _syscall(name: str, *args: object) -> int:
     if numbers is None:
         raise _fail("platform", f"the sandbox knows no system call numbers for {platform.machine()}",
                     fix="run on x86_64 or aarch64 Linux")
-    return int(_lib().syscall(ctypes.c_long(numbers[name]), *args))
+    return int(libc().syscall(ctypes.c_long(numbers[name]), *args))
 
 
 class _MountAttr(ctypes.Structure):
@@ -180,7 +171,7 @@ class _MountAttr(ctypes.Structure):
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> int:
     enc = (lambda s: None if s is None else os.fsencode(s))
-    return int(_lib().mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)))
+    return int(libc().mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)))
 
 
 def _read_only(target: str, *, recursive: bool, nodev: bool = True) -> None:
@@ -191,13 +182,6 @@ def _read_only(target: str, *, recursive: bool, nodev: bool = True) -> None:
         err = ctypes.get_errno()
         fix = "Linux 5.12 or newer is needed (mount_setattr)" if err == _errno.ENOSYS else None
         raise _fail("mount", "cannot make a bind mount read-only", path=target, err=err, fix=fix)
-
-
-def _prctl(option: int, arg: int = 0) -> int:
-    """``prctl`` with every argument an unsigned long, as the kernel reads them (a variadic
-    call would pass bare ints, and options like ``PR_SET_NO_NEW_PRIVS`` demand zeros)."""
-    zero = ctypes.c_ulong(0)
-    return int(_lib().prctl(ctypes.c_int(option), ctypes.c_ulong(arg), zero, zero, zero))
 
 
 def _write(path: str, text: str) -> None:
@@ -263,11 +247,11 @@ def _bind(source: str, target: str, *, nodev: bool = True) -> None:
 
 def _drop_capabilities() -> None:
     for cap in range(_CAP_LAST + 1):
-        _prctl(_PR_CAPBSET_DROP, cap)  # EINVAL past the kernel's last capability: nothing to drop
+        prctl(_PR_CAPBSET_DROP, cap)  # EINVAL past the kernel's last capability: nothing to drop
     header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()
     _check(_syscall("capset", header, data), "capabilities", "cannot drop capabilities")
-    _check(_prctl(_PR_SET_NO_NEW_PRIVS, 1), "capabilities", "cannot set no_new_privs")
+    _check(prctl(_PR_SET_NO_NEW_PRIVS, 1), "capabilities", "cannot set no_new_privs")
 
 
 def _mirror_exit(status: int) -> None:
@@ -316,9 +300,9 @@ def _enter(spec: SandboxSpec, readable: list[str], keep_fds: tuple[int, ...]) ->
     uid, gid = os.getuid(), os.getgid()
     report.uid_inside = uid if uid != 0 else 65534
     report.nproc_enforced = uid != 0
-    libc = _lib()
+    lib = libc()
 
-    _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare",
+    _check(lib.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare",
            "cannot create user, PID, network and mount namespaces", fix=ENABLE_FIX)
     try:
         _write("/proc/self/setgroups", "deny")
@@ -385,7 +369,7 @@ def _enter(spec: SandboxSpec, readable: list[str], keep_fds: tuple[int, ...]) ->
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     _drop_capabilities()
     return report
 
@@ -394,8 +378,8 @@ def _become_init(spec: SandboxSpec, report: SandboxReport, cwd: str, life_r: int
     """PID 1 of the new namespace: mount its ``/proc`` (the kernel allows that only while
     the host's ``/proc`` is still visible, so before the old root goes), bound its PIDs,
     detach the old root and freeze the new one read-only."""
-    libc = _lib()
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    lib = libc()
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     poller = select.poll()
     poller.register(life_r, 0)
     if poller.poll(0):  # the waiting child died before prctl: nobody would kill us
@@ -410,7 +394,7 @@ def _become_init(spec: SandboxSpec, report: SandboxReport, cwd: str, life_r: int
         report.pid_max = PID_MAX_RESERVED + spec.processes
     except OSError:  # before Linux 6.14 pid_max is global: RLIMIT_NPROC is then the only bound
         report.pid_max = None
-    _check(libc.umount2(b"/oldroot", MNT_DETACH), "mount", "cannot detach the old root", path="/oldroot")
+    _check(lib.umount2(b"/oldroot", MNT_DETACH), "mount", "cannot detach the old root", path="/oldroot")
     os.rmdir("/oldroot")
     _read_only("/", recursive=False)
     os.chdir(cwd if os.path.isdir(cwd) else "/")

@@ -94,8 +94,8 @@ async def serve(options: ServiceOptions) -> int:
             _say(f"{exc.code}: {exc}")
             return 2
         except SandboxUnavailable as exc:
-            reason = exc.reason.replace("sandbox='auto'", "--sandbox auto")  # in the CLI's words
-            _say(f"{exc.code}: {reason}")
+            fix = exc.fix.replace("sandbox='auto'", "--sandbox auto")  # in the CLI's words
+            _say(f"{exc.code}: {exc.reason}; fix: {fix}")
             return 2
         try:
             app = create_app(options, backend)

@@ -278,6 +278,7 @@ async def test_auto_falls_back_loudly_in_the_status_check_doctor_and_summary_lin
         facts = await worker.call(FACTS, Marker(""))
     assert not status.active and not facts.sandboxed
     assert status.fallback_reason is not None and "step=unshare" in status.fallback_reason
+    assert status.fallback_fix is not None and "user.max_user_namespaces" in status.fallback_fix
     assert "NOT ACTIVE" in sandbox_line([status])
     report = await check(config)
     item = next(i for i in report.items if i.code.startswith("check.sandbox"))

@@ -56,5 +56,5 @@ if __name__ == "__main__":
     try:
         anyio.run(main)
     except SandboxUnavailable as exc:
-        print(f"{exc.code}: {exc.reason}", file=sys.stderr)
+        print(f"{exc.code}: {exc.reason}; fix: {exc.fix}", file=sys.stderr)
         sys.exit(1)

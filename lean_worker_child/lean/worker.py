@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from lean_worker_protocol import BOOTSTRAP_ENV, VERSION
+from lean_worker_protocol import VERSION
 from lean_worker_protocol.lean import (
     CHECK,
     CHECK_BATCH,
@@ -109,7 +109,6 @@ class LeanRuntime:
         inherited = [p for p in os.environ.get("LEAN_PATH", "").split(os.pathsep) if p]
         search_path = (*requested, *toolchain.search_path, *inherited)
         env = dict(os.environ)
-        env.pop(BOOTSTRAP_ENV, None)  # read before serve() removes it: Lean must not see it
         env["LEAN_PATH"] = os.pathsep.join(search_path)
         extra = list(settings.lean_args)
         warm = WarmEngine(toolchain.lean, env=env, max_sessions=settings.max_sessions, extra_args=extra,

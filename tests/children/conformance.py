@@ -37,8 +37,7 @@ import time
 
 import msgspec
 
-from lean_worker_child import Call, Cancelled, RequestContext, Stream, WorkerApp
-from lean_worker_protocol import BOOTSTRAP_ENV, Bootstrap
+from lean_worker_child import Call, Cancelled, RequestContext, Stream, WorkerApp, _boot
 
 MODE_ENV = "LW_CONFORMANCE_MODE"
 MODES = (
@@ -86,7 +85,7 @@ PROBE_STREAM = Stream("conformance_stream", request=Probe, row=Row, summary=Answ
 
 def _startup_mode() -> str:
     modes = [m.strip() for m in os.environ.get(MODE_ENV, "ok").split(",")]
-    generation = msgspec.json.decode(os.environ[BOOTSTRAP_ENV], type=Bootstrap).generation
+    generation = (_boot.current or _boot.load_bootstrap()).generation
     mode = modes[min(generation, len(modes)) - 1]
     if mode not in MODES:
         print(f"conformance: unknown mode {mode!r}; modes: {MODES}", file=sys.stderr, flush=True)

@@ -24,15 +24,13 @@ import msgspec
 
 from lean_worker_child import RequestContext, WorkerApp, popen_kwargs
 from lean_worker_child import _boot
-from lean_worker_protocol import BOOTSTRAP_ENV, Bootstrap, Call, Stream
+from lean_worker_protocol import Bootstrap, Call, Stream
 
 
 def _bootstrap() -> Bootstrap:
-    """The facts the parent passed this child: as read by ``serve`` (which removes the
-    variable), or straight from the environment for entry points that never serve."""
-    if _boot.current is None:
-        return msgspec.json.decode(os.environ[BOOTSTRAP_ENV], type=Bootstrap)
-    return _boot.current
+    """The facts the parent passed this child (the runtime took the variable out of the
+    environment when it was imported), also for entry points that never serve."""
+    return _boot.current or _boot.load_bootstrap()
 
 
 class Text(msgspec.Struct, frozen=True):
