@@ -4,7 +4,7 @@ Every escape probe runs twice, ``off`` and ``required``: the unsandboxed run sho
 really does what it claims (writes land, the secret shows, the connection opens, the
 grandchild survives, the fork loop runs to its own cap), so the sandboxed run's refusal is
 the sandbox's doing. Probes are Python handlers (``tests/children/sandbox_probe.py``) and,
-for writes and the environment, Lean code calling Lean's runtime primitives
+for writes and the network, Lean code calling Lean's runtime primitives
 (``tests/lean_io_probes.py``).
 """
 
