@@ -145,7 +145,9 @@ def start_watchdog(read_fd: int) -> threading.Thread:
     return thread
 
 
-def pdeathsig_preexec() -> None:  # runs in the forked grandchild before exec
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (also the ``preexec_fn`` of helpers,
+    where it runs in the forked process before exec)."""
     _prctl_pdeathsig(signal.SIGKILL)
 
 
@@ -158,4 +160,4 @@ def popen_kwargs() -> dict[str, object]:
     supervisor replaces the child; these arguments cover the case where nobody is left to
     kill the group.
     """
-    return {"preexec_fn": pdeathsig_preexec}
+    return {"preexec_fn": die_with_parent}

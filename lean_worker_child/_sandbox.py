@@ -47,7 +47,7 @@ import msgspec
 
 from lean_worker_protocol import Rlimits, SandboxFailure, SandboxSpec
 
-from ._boot import libc, prctl
+from ._boot import die_with_parent, libc, prctl
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -69,7 +69,6 @@ MOUNT_ATTR_NODEV = 0x4
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 
-_PR_SET_PDEATHSIG = 1
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
 _CAP_VERSION_3 = 0x20080522
@@ -369,7 +368,7 @@ def _enter(spec: SandboxSpec, readable: list[str], keep_fds: tuple[int, ...]) ->
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()
     _drop_capabilities()
     return report
 
@@ -379,7 +378,7 @@ def _become_init(spec: SandboxSpec, report: SandboxReport, cwd: str, life_r: int
     the host's ``/proc`` is still visible, so before the old root goes), bound its PIDs,
     detach the old root and freeze the new one read-only."""
     lib = libc()
-    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()
     poller = select.poll()
     poller.register(life_r, 0)
     if poller.poll(0):  # the waiting child died before prctl: nobody would kill us

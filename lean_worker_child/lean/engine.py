@@ -28,7 +28,7 @@ from lean_worker_exit import classify
 from lean_worker_protocol.lean import CheckResult, Header, HeaderError, Hole, Message, Pos, parse_header
 from lean_worker_protocol.lean_session import SORRY, HoleMode, find_sorries
 
-from .._boot import pdeathsig_preexec
+from .._boot import die_with_parent
 from .errors import LeanCrashed, LeanTimeout
 from .lsp import FileWorker, WorkDir, _death_detail
 
@@ -349,7 +349,7 @@ class ColdEngine:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self.env,
-            preexec_fn=pdeathsig_preexec,
+            preexec_fn=die_with_parent,
         )
         self.pids.add(proc.pid)
         try:

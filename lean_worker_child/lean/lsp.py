@@ -32,7 +32,7 @@ import orjson
 
 from lean_worker_exit import classify, oom_kill_count
 
-from .._boot import pdeathsig_preexec
+from .._boot import die_with_parent
 from .errors import LeanCrashed, LeanError, LeanTimeout
 
 REPORT_DELAY_OPTION = "server.reportDelayMs"
@@ -127,7 +127,7 @@ class FileWorker:
             stderr=subprocess.PIPE,
             cwd=cwd,
             env=dict(env),
-            preexec_fn=pdeathsig_preexec,
+            preexec_fn=die_with_parent,
         )
         self._write_lock = threading.Lock()
         assert self.proc.stdout is not None
