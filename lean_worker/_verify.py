@@ -308,19 +308,20 @@ class VerifySummary(msgspec.Struct, frozen=True):
 
 
 def default_workers() -> int:
-    """The local pool's default size: half again as many workers as the machine has cores.
+    """The local pool's default size: two workers per core.
 
     A warm check leaves its worker idle for part of the time (the hand-offs between the
-    parent, the child and Lean, and the report delay of ``LeanSettings.report_delay_ms``),
-    so as many workers as cores leave the cores idle a fifth of the time. Measured on 2
-    cores with light snippets in three runs (``python bench/pool.py``,
-    architecture/90-pool-and-verify.md): 2 workers kept the cores 75-81% busy, 3 workers
-    87-90% (3-18% more checks per second), 4 workers 92-93% (another 6-17%). Each worker
-    holds a Lean session per warm header, so the default stops at 1.5 per core: with heavy
-    imports memory, not CPU, bounds the pool (set ``workers``), and the idle share shrinks
-    as snippets get heavier."""
-    cores = os.cpu_count() or 1
-    return cores + (cores + 1) // 2
+    parent, the child and Lean, and the report delay of ``LeanSettings.report_delay_ms``:
+    a light check's elaboration is done in 3-4 ms, and Lean reports it 5 ms after the
+    edit), so as many workers as cores leave a third of the machine idle. Measured on 2
+    cores with light snippets (``python bench/pool.py --sizes 3,4,5,6``,
+    architecture/90-pool-and-verify.md, four runs): 2 workers kept the cores 67-69% busy,
+    3 workers 80-83%, 4 workers 89-91% (5-10% more checks per second than 3), 5 workers
+    91-95% (0-7% more than 4), 6 workers no faster. With heavier snippets the idle share
+    shrinks (six proofs of ~30 ms: 3 and 4 workers both 96-98% busy), so more than two per
+    core buys little there. Each worker holds a Lean session per warm header: with heavy
+    imports memory, not CPU, bounds the pool; set ``workers`` (``-j``) then."""
+    return 2 * (os.cpu_count() or 1)
 
 
 def _at_least_one(option: str, value: int | None, *, optional: bool = True) -> None:
@@ -354,6 +355,11 @@ class VerifyOptions:
     rss_ceiling_bytes: int | None = None
     lean_memory_mb: int | None = None
     """Lean's own memory limit per Lean process (``lean -M``)."""
+    lean_threads: int | None = None
+    """Threads of each Lean process (``lean -j``); default Lean's own, one per core. With
+    ``1`` the pool, not Lean, spreads the work over the cores: on light snippets Lean spent
+    11% less CPU per check and a busy pool did 4-9% more checks per second, but a heavy
+    snippet alone on a worker took about 30% longer (architecture/90-pool-and-verify.md)."""
     ray: str | None = None
     """Run on a Ray cluster at this address (``"auto"``, ``"HOST:PORT"``) instead of a local
     pool: one supervisor per node owns that node's workers (``lean_worker_ray``; needs
@@ -371,7 +377,7 @@ class VerifyOptions:
         _at_least_one("max_sessions", self.max_sessions, optional=False)
         if self.ray is not None and (not isinstance(self.ray, str) or not self.ray.strip()):
             raise VerifyOptionError("ray", self.ray, "a Ray address ('auto' or 'HOST:PORT') or None")
-        for name in ("max_imports", "max_requests", "rss_ceiling_bytes", "lean_memory_mb", "workers_per_node"):
+        for name in ("max_imports", "max_requests", "rss_ceiling_bytes", "lean_memory_mb", "lean_threads", "workers_per_node"):
             _at_least_one(name, getattr(self, name))
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int | float) or not (
             math.isfinite(self.timeout_s) and self.timeout_s > 0
@@ -395,7 +401,10 @@ class VerifyOptions:
             search_path=[*map(os.fspath, self.search_path), *extra_search_path],
             engine=self.engine,
             max_sessions=self.max_sessions,
-            lean_args=["-M", str(self.lean_memory_mb)] if self.lean_memory_mb else [],
+            lean_args=[
+                *(["-M", str(self.lean_memory_mb)] if self.lean_memory_mb else []),
+                *(["-j", str(self.lean_threads)] if self.lean_threads else []),
+            ],
             restart=RestartPolicy(
                 max_imports=self.max_imports,
                 max_requests=self.max_requests,
@@ -905,6 +914,7 @@ def options_from_args(args: argparse.Namespace) -> VerifyOptions:
         max_requests=args.max_requests,
         rss_ceiling_bytes=args.rss_ceiling_mb * MIB if args.rss_ceiling_mb else None,
         lean_memory_mb=args.lean_memory_mb,
+        lean_threads=args.lean_threads,
         sandbox=args.sandbox,
     )
 

@@ -289,7 +289,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _pool_arguments(parser: argparse.ArgumentParser, timeout_help: str, *, sandbox: str) -> None:
     """The Lean pool's options, shared by ``verify`` and ``serve`` (``options_from_args``)."""
     parser.add_argument("-j", "--workers", type=_at_least_one, default=None,
-                        help="pool size (default: 1.5 per CPU, rounded up); with --ray, workers per node "
+                        help="pool size (default: 2 per CPU); with --ray, workers per node "
                              "(default: each node's CPUs, as Ray counts them)")
     parser.add_argument("--ray", metavar="auto|ADDRESS", default=None,
                         help="run on a Ray cluster: one supervisor per node owns that node's workers "
@@ -300,6 +300,9 @@ def _pool_arguments(parser: argparse.ArgumentParser, timeout_help: str, *, sandb
     parser.add_argument("--max-requests", type=_at_least_one, help="replace a worker after this many checks")
     parser.add_argument("--rss-ceiling-mb", type=_at_least_one, help="replace a worker whose process tree is over this (MiB)")
     parser.add_argument("--lean-memory-mb", type=_at_least_one, help="Lean's own memory limit per Lean process (lean -M)")
+    parser.add_argument("--lean-threads", type=_at_least_one,
+                        help="threads per Lean process (lean -j; default Lean's, one per core); 1 lets the pool "
+                             "spread the work: less CPU per light check, slower for a heavy snippet alone")
     parser.add_argument("--max-sessions", type=_at_least_one, default=8, help="warm headers kept per worker (default 8)")
     parser.add_argument("--engine", choices=("warm", "cold"), default="warm")
     parser.add_argument("--sandbox", choices=("off", "auto", "required"), default=sandbox,

@@ -325,6 +325,7 @@ def test_fixtures_print_library_root_names_the_library_a_worker_built(lean_toolc
         ["--max-requests", "0"],
         ["--rss-ceiling-mb", "0"],
         ["--lean-memory-mb", "0"],
+        ["--lean-threads", "0"],
         ["--max-sessions", "0"],
         ["--search-path", "/nonexistent/oleans"],
         ["-o", "/nonexistent/dir/out.jsonl"],

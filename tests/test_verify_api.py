@@ -99,6 +99,18 @@ def test_sync_results_and_summary_without_an_event_loop(options: VerifyOptions) 
     assert "snippets    2" in text and "interrupted" not in text
 
 
+def test_lean_threads_starts_every_lean_process_with_that_many_threads_and_the_verdicts_stay(options: VerifyOptions) -> None:
+    import dataclasses
+
+    options = dataclasses.replace(options, workers=1, lean_threads=1)
+    seen: list[list[str]] = []
+    with verify_snippets_sync([("x", OK), ("y", TYPE_ERROR), ("z", variant(1))], options) as run:
+        for _ in run:  # the worker's Lean process is alive while the batch runs
+            seen += [p.cmdline() for p in psutil.Process().children(recursive=True) if p.name() == "lean"]
+        assert run.summary.verdicts == {"ok": 2, "errors": 1}
+    assert seen and all(argv[argv.index("-j") + 1] == "1" for argv in seen), seen
+
+
 def test_leaving_early_stops_the_batch_and_leaves_no_process(options: VerifyOptions) -> None:
     hang = (SNIPPETS / "hang.lean").read_text()
     me = psutil.Process()
@@ -128,6 +140,7 @@ def test_leaving_early_stops_the_batch_and_leaves_no_process(options: VerifyOpti
         ("max_sessions", 0),
         ("rss_ceiling_bytes", 0),
         ("lean_memory_mb", -5),
+        ("lean_threads", 0),
         ("engine", "lukewarm"),
         ("search_path", ["/nonexistent/oleans"]),
         ("search_path", "/tmp"),
@@ -143,11 +156,11 @@ def test_a_bad_option_is_a_typed_error_naming_it(option: str, value: object) -> 
     assert isinstance(caught.value, ValueError)
 
 
-def test_the_default_pool_has_half_again_as_many_workers_as_cores_and_checks_sandboxed_where_it_can() -> None:
+def test_the_default_pool_has_two_workers_per_core_and_checks_sandboxed_where_it_can() -> None:
     # Both chosen from measurement: architecture/90-pool-and-verify.md and 120-sandbox.md.
     options = VerifyOptions()
     cores = os.cpu_count() or 1
-    assert options.workers == cores + (cores + 1) // 2 and (cores != 2 or options.workers == 3)
+    assert options.workers == 2 * cores
     assert options.sandbox == "auto" and options.worker_config().sandbox.mode == "auto"
 
 
