@@ -16,6 +16,10 @@ around the ``await``) unless the key says ``child``.
   succeed on S: the siblings a search expands. Each is an edit of the document that holds
   the previous sibling (``materialized == "edited"``), never a cached answer.
 - ``step_child_p50_ms``: the child's own ``elapsed_ms`` of those steps (the rest is IPC).
+- ``step_lean_cpu_ms`` / ``step_child_cpu_ms``: CPU time (user + system) per sibling step
+  of the worker's Lean processes and of the worker child's Python, over all the samples.
+  ``--session-report-delay-ms`` sets ``LeanSettings.session_report_delay_ms`` (default:
+  ``lean_config``'s), how long Lean waits after an edit before it reports.
 - ``chain_step_p50_ms`` / ``chain_step_p95_ms``: steps along a chain, each applied to the
   state the previous one made (``intro`` steps of a 20-step proof, fresh names each round).
 - ``recheck_p50_ms`` / ``recheck_p95_ms``: the same sibling step done by checking the whole
@@ -67,6 +71,7 @@ import time
 from pathlib import Path
 
 import anyio
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -181,6 +186,9 @@ async def latencies(args: argparse.Namespace, config: WorkerConfig) -> ProofStat
         for tactic in SIBLINGS:  # warm-up, untimed
             await session.apply(s, tactic)
         steps, child, texts = [], [], []
+        assert worker.pid is not None
+        processes = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+        cpu_before = [sum(p.cpu_times()[:2]) for p in processes]
         for i in range(args.samples):
             tactic = SIBLINGS[i % len(SIBLINGS)]
             t = time.perf_counter()
@@ -190,6 +198,8 @@ async def latencies(args: argparse.Namespace, config: WorkerConfig) -> ProofStat
             assert result.materialized == "edited", result.materialized
             child.append(result.elapsed_ms)
             texts.append(result.state.text())
+        cpu_spent = [sum(p.cpu_times()[:2]) - b for p, b in zip(processes, cpu_before, strict=True)]
+        assert {p.pid for p in processes} == {worker.pid, *(p.pid for p in psutil.Process(worker.pid).children(recursive=True))}
 
         # Steps along a chain: 20 intro steps, fresh names each round.
         chain_hole = await session.prove(env, CHAIN)
@@ -237,6 +247,8 @@ async def latencies(args: argparse.Namespace, config: WorkerConfig) -> ProofStat
     print(f"step_p95_ms={percentile(steps, 0.95):.2f}")
     print(f"step_max_ms={max(steps):.2f}")
     print(f"step_child_p50_ms={statistics.median(child):.2f}")
+    print(f"step_lean_cpu_ms={sum(cpu_spent[1:]) / args.samples * 1e3:.2f}")
+    print(f"step_child_cpu_ms={cpu_spent[0] / args.samples * 1e3:.3f}")
     print(f"chain_step_p50_ms={statistics.median(chain):.2f}")
     print(f"chain_step_p95_ms={percentile(chain, 0.95):.2f}")
     print(f"recheck_p50_ms={recheck_p50:.2f}")
@@ -354,9 +366,10 @@ async def run(args: argparse.Namespace) -> None:
     print(f"conditions=python {platform.python_version()}, {os.cpu_count()} cpus, {platform.machine()}, "
           f"lean {toolchain.version} ({toolchain.source}), header LwFix.Nat+LwFix.Tactic, "
           f"prefix={args.prefix} commands (soak {args.soak_prefix}), samples={args.samples}, steps={args.steps}, "
-          f"max_document_edits={args.max_document_edits}, max_documents=4, replays={args.replays} fresh workers")
+          f"max_document_edits={args.max_document_edits}, max_documents=4, replays={args.replays} fresh workers, "
+          f"session_report_delay_ms={'default' if args.session_report_delay_ms is None else args.session_report_delay_ms}")
     config = lean_config(lean=toolchain.lean, search_path=[library.root], request_timeout_s=120,
-                         max_document_edits=args.max_document_edits)
+                         max_document_edits=args.max_document_edits, session_report_delay_ms=args.session_report_delay_ms)
     state = await latencies(args, config)
     await replay(args, config, state)
     await soak(args, config)
@@ -372,6 +385,8 @@ def main() -> None:
     parser.add_argument("--replays", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-document-edits", type=int, default=2000)
+    parser.add_argument("--session-report-delay-ms", type=int, default=None,
+                        help="LeanSettings.session_report_delay_ms (default: lean_config's)")
     args = parser.parse_args()
     if args.steps < 100 or args.samples < 2:
         parser.error("--steps must be >= 100 and --samples >= 2")

@@ -102,6 +102,7 @@ def lean_config(
     max_documents: int | None = None,
     max_document_edits: int | None = None,
     report_delay_ms: int | None = None,
+    session_report_delay_ms: int | None = None,
     **options: object,
 ) -> WorkerConfig:
     """A ``WorkerConfig`` for the Lean worker child.
@@ -119,7 +120,7 @@ def lean_config(
     """
     fields = {"lean": lean, "project": project, "engine": engine, "max_sessions": max_sessions,
               "max_documents": max_documents, "max_document_edits": max_document_edits,
-              "report_delay_ms": report_delay_ms}
+              "report_delay_ms": report_delay_ms, "session_report_delay_ms": session_report_delay_ms}
     given = {name: value for name, value in fields.items() if value is not None}
     given.update({name: value for name, value in (("search_path", search_path), ("lean_args", lean_args)) if len(value)})
     if settings is None:
@@ -150,6 +151,7 @@ def lean_settings(
     max_documents: int = 4,
     max_document_edits: int = 2000,
     report_delay_ms: int = 5,
+    session_report_delay_ms: int = 2,
 ) -> LeanSettings:
     """A ``LeanSettings`` from friendlier values: paths may be ``PathLike``, sequences any
     sequence. Raises ``ValueError`` for an invalid setting."""
@@ -165,4 +167,5 @@ def lean_settings(
         max_documents=max_documents,
         max_document_edits=max_document_edits,
         report_delay_ms=report_delay_ms,
+        session_report_delay_ms=session_report_delay_ms,
     )

@@ -47,6 +47,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
         ({"lean_args": "-DmaxHeartbeats=1"}, "lean_args"),
         ({"report_delay_ms": -1}, "report_delay_ms"),
         ({"report_delay_ms": 2.5}, "report_delay_ms"),
+        ({"session_report_delay_ms": -1}, "session_report_delay_ms"),
+        ({"session_report_delay_ms": True}, "session_report_delay_ms"),
     ],
 )
 def test_an_invalid_setting_is_a_value_error_in_the_parent_before_any_child_starts(
@@ -60,7 +62,8 @@ def test_the_settings_cross_as_one_json_argument_that_the_child_decodes_to_the_s
     from lean_worker_child.lean.worker import parse_settings
 
     settings = LeanSettings(lean="/opt/lean/bin/lean", search_path=(str(tmp_path),), engine="cold",
-                            max_sessions=3, lean_args=("-DmaxHeartbeats=1000",), report_delay_ms=7)
+                            max_sessions=3, lean_args=("-DmaxHeartbeats=1000",), report_delay_ms=7,
+                            session_report_delay_ms=3)
     config = lean_config(settings)
     assert config.child.argv[:3] == (sys.executable, "-m", CHILD_MODULE)
     assert config.child.argv[3:] == ("--settings", msgspec.json.encode(settings).decode())
@@ -69,7 +72,8 @@ def test_the_settings_cross_as_one_json_argument_that_the_child_decodes_to_the_s
     assert parse_settings([]) == LeanSettings()
     # The same settings as keywords (paths may be PathLike) make the same child command.
     by_keywords = lean_config(lean="/opt/lean/bin/lean", search_path=[tmp_path], engine="cold",
-                              max_sessions=3, lean_args=["-DmaxHeartbeats=1000"], report_delay_ms=7)
+                              max_sessions=3, lean_args=["-DmaxHeartbeats=1000"], report_delay_ms=7,
+                              session_report_delay_ms=3)
     assert by_keywords.child == config.child
     assert (config.session_limit, config.name) == (3, "lean")
 

@@ -7,9 +7,10 @@ from stdin, imports the header once, then re-elaborates only the body on every
 ``didChange`` whose header is unchanged. Going direct gives the exact exit status of the
 process that held the snippet and saves the watchdog hop. ``-Dserver.reportDelayMs=N``
 replaces the 200 ms the worker otherwise waits before reporting diagnostics
-(``architecture/60-lean-engine.md`` has the numbers): 0 for the session engine, a few
-milliseconds for warm checks (``LeanSettings.report_delay_ms``: fewer intermediate reports,
-less CPU for Lean and for us).
+(``architecture/60-lean-engine.md`` has the numbers): a few milliseconds, so that a short
+check or step is reported once instead of at every intermediate state, which costs Lean
+and us less CPU (``LeanSettings.report_delay_ms`` for warm checks,
+``session_report_delay_ms`` for the session engine's documents).
 
 A file worker exits with status 2 when a change alters the header; the engine never sends
 one (a session's document always starts with the same canonical header).

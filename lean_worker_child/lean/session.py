@@ -110,6 +110,7 @@ class SessionEngine:
         max_documents: int = 4,
         max_edits: int = DEFAULT_MAX_EDITS,
         extra_args: Sequence[str] = (),
+        report_delay_ms: int = 0,
     ) -> None:
         if max_documents < 1:
             raise ValueError(f"max_documents must be >= 1; got {max_documents}")
@@ -121,6 +122,7 @@ class SessionEngine:
         self.max_documents = max_documents
         self.max_edits = max_edits
         self.extra_args = tuple(extra_args)
+        self.report_delay_ms = report_delay_ms
         self.documents: OrderedDict[int, Document] = OrderedDict()
         self._dir = WorkDir("lean-worker-states-")
         self._names = itertools.count(1)
@@ -139,7 +141,7 @@ class SessionEngine:
         serial = next(self._names)
         uri = f"file://{self._dir.path}/State{serial}.lean"
         worker = FileWorker(self.lean, uri=uri, cwd=self._dir.path, env=self._dir.env(self.env),
-                            extra_args=self.extra_args)
+                            extra_args=self.extra_args, report_delay_ms=self.report_delay_ms)
         doc = self.documents[serial] = Document(worker, header)
         self.imports += 1
         return serial, doc

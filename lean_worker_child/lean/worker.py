@@ -118,6 +118,7 @@ class LeanRuntime:
         states = SessionEngine(
             toolchain.lean, env=env, context=context, max_documents=settings.max_documents,
             max_edits=settings.max_document_edits, extra_args=extra,
+            report_delay_ms=settings.session_report_delay_ms,
         )
         atexit.register(warm.close)
         atexit.register(states.close)
