@@ -344,7 +344,7 @@ async def test_a_best_first_search_proves_the_fixture_theorems_and_fails_cleanly
 
 async def test_steps_report_the_same_with_the_session_report_delay_as_when_lean_reports_at_once(config) -> None:  # type: ignore[no-untyped-def]
     # The session engine's documents wait LeanSettings.session_report_delay_ms before Lean
-    # reports (a fifth less of Lean's CPU per step); what a step returns must not change.
+    # reports (15-25% less of Lean's CPU per step); what a step returns must not change.
     theorem = "theorem t (p q r : Prop) (hq : q) (hr : r) : p → Or p q → And (Or q p) (And q r)"
     tactics = ["intro hp", "intro h", "constructor", "exact hp", "cases h", "exact Or.inr hp", "exact (hp",
                "exact Or.inl hq", "constructor", "exact hq", "assumption", "exact hr"]
