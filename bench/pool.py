@@ -133,34 +133,15 @@ async def through_pool(config: object, requests: list[CheckRequest], size: int, 
     return out
 
 
-async def cold_cpu(config: object, requests: list[CheckRequest]) -> dict[str, float]:
-    """CPU per check of the cold engine: the child's Python and its finished Lean processes
-    (``RUSAGE_CHILDREN`` of the child, read from /proc), and this process."""
+async def one_worker_cpu(
+    config: object, warm_up: CheckRequest, requests: list[CheckRequest], session: str
+) -> dict[str, float]:
+    """CPU per check of ``requests`` run one by one on one worker, each answered from a
+    ``session`` of that kind: the child's Python, this process, and the Lean processes
+    (what the child reaped during the batch, read from /proc as ``RUSAGE_CHILDREN``, plus
+    the change in those still running)."""
     async with Pool(config, size=1) as pool:  # type: ignore[arg-type]
-        await pool.call(CHECK, CheckRequest(HEADERS[0] + "\n", engine="cold"))
-        (pid,) = [w.pid for w in pool.snapshot().workers]
-        assert pid is not None
-        child = psutil.Process(pid)
-        before = (_reaped_children_cpu_s(pid), cpu_s(child), own_cpu_s())
-        started = time.perf_counter()
-        for request in requests:
-            result = await pool.call(CHECK, msgspec.structs.replace(request, engine="cold"))
-            assert result.verdict == "ok", result
-        elapsed = time.perf_counter() - started
-        after = (_reaped_children_cpu_s(pid), cpu_s(child), own_cpu_s())
-    n = len(requests)
-    lean, child_ms, parent = ((a - b) / n * 1e3 for a, b in zip(after, before, strict=True))
-    return {"items_per_s": n / elapsed, "lean": lean, "child": child_ms, "parent": parent}
-
-
-async def import_cpu(config: object, n: int) -> dict[str, float]:
-    """CPU per first check of a header on a warm worker: one worker that keeps one session
-    (``config`` has ``max_sessions=1``) checks snippets of two headers in turn, so every
-    check starts a Lean file worker and imports its header, and the previous one is
-    stopped. The Lean processes' CPU is what the child reaped during the batch plus the
-    change in those still running."""
-    async with Pool(config, size=1) as pool:  # type: ignore[arg-type]
-        await pool.call(CHECK, CheckRequest(snippet(0, 1)))
+        await pool.call(CHECK, warm_up)
         (pid,) = [w.pid for w in pool.snapshot().workers]
         assert pid is not None
         child = psutil.Process(pid)
@@ -170,12 +151,13 @@ async def import_cpu(config: object, n: int) -> dict[str, float]:
 
         before = (lean_now(), cpu_s(child), own_cpu_s())
         started = time.perf_counter()
-        for i in range(1, n + 1):  # the warm-up's header was HEADERS[0]
-            result = await pool.call(CHECK, CheckRequest(snippet(i, 2), id=str(i)))
-            assert result.verdict == "ok" and result.session == "import", result
+        for request in requests:
+            result = await pool.call(CHECK, request)
+            assert result.verdict == "ok" and result.session == session, result
         elapsed = time.perf_counter() - started
         after = (lean_now(), cpu_s(child), own_cpu_s())
         assert [w.pid for w in pool.snapshot().workers] == [pid], "the worker restarted during the batch"
+    n = len(requests)
     lean, child_ms, parent = ((a - b) / n * 1e3 for a, b in zip(after, before, strict=True))
     return {"items_per_s": n / elapsed, "lean": lean, "child": child_ms, "parent": parent}
 
@@ -252,12 +234,17 @@ def main() -> None:
     print(f"naive_items_per_s={slow:.1f}")
     print(f"verify_speedup={pools[default] / slow:.1f}")
     if args.cold:
-        cold = anyio.run(cold_cpu, config, requests[: max(20, args.items // 6)])
+        n = max(20, args.items // 6)
+        cold = anyio.run(one_worker_cpu, config, CheckRequest(HEADERS[0] + "\n", engine="cold"),
+                         [msgspec.structs.replace(r, engine="cold") for r in requests[:n]], "cold")
         for key in ("lean", "child", "parent"):
             print(f"cold_{key}_cpu_ms_per_item={cold[key]:.2f}")
         print(f"cold_framework_cpu_share={(cold['child'] + cold['parent']) / cold['lean']:.3f}")
         print(f"cold_items_per_s={cold['items_per_s']:.1f}")
-        first = anyio.run(import_cpu, lean_config(**settings, max_sessions=1), max(20, args.items // 6))  # type: ignore[arg-type]
+        # One session per worker and two headers in turn: every check starts a Lean file
+        # worker and imports its header (the warm-up's header is the first one's).
+        first = anyio.run(one_worker_cpu, lean_config(**settings, max_sessions=1),  # type: ignore[arg-type]
+                          CheckRequest(snippet(0, 1)), [CheckRequest(snippet(i, 2)) for i in range(1, n + 1)], "import")
         for key in ("lean", "child", "parent"):
             print(f"import_{key}_cpu_ms_per_item={first[key]:.2f}")
         print(f"import_framework_cpu_share={(first['child'] + first['parent']) / first['lean']:.3f}")
